@@ -1,0 +1,1 @@
+"""pipeline: the `ssondo` command line, stage wiring, the demo."""

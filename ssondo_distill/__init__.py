@@ -1,0 +1,1 @@
+"""ssondo_distill: students, losses, the balanced stream, the trainer, export."""

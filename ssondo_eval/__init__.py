@@ -1,0 +1,1 @@
+"""ssondo_eval: downstream tasks, probes, reports, TS sweep, HEAR API."""
