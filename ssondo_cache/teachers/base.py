@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import torch
@@ -20,6 +22,10 @@ class Teacher(nn.Module):
     embed_dim: int = 0
     chunk_seconds: float = 0.0  # the model's native window length
     teacher_id: str = ""  # "<name>-<12 hex>", filesystem safe; goes into the cache path
+    cpu_only: bool = False  # True for teachers that cannot run on an accelerator (e.g. onnxruntime CPU)
+    spec: str = (
+        ""  # how build_teacher was asked for it (registry name, hear:..., py:...); set by build_teacher
+    )
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, T, D)
         raise NotImplementedError
@@ -28,8 +34,37 @@ class Teacher(nn.Module):
         """JSON-able facts recorded in the cache attributes (front-end constants, dims)."""
         return {
             "name": self.name,
+            "spec": self.spec or self.name,
             "teacher_id": self.teacher_id,
             "sample_rate": self.sample_rate,
             "embed_dim": self.embed_dim,
             "chunk_seconds": self.chunk_seconds,
         }
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def safe_name(text: str) -> str:
+    """A filesystem-safe form of a teacher name ("py:pkg.mod:make" -> "py-pkg.mod-make")."""
+    return _UNSAFE.sub("-", text).strip("-.") or "teacher"
+
+
+def make_teacher_id(name: str, hex_digest: str) -> str:
+    """``<name>-<12 hex>``: the folder name of this teacher's caches."""
+    return f"{safe_name(name)}-{hex_digest[:12]}"
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, shapes, dtypes and bytes), in key order.
+
+    Used for teachers that have no checkpoint file (factories, HEAR modules): two models with the same
+    weights get the same id, any changed weight gives another."""
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        if not isinstance(value, torch.Tensor):
+            continue
+        h.update(f"{key}|{tuple(value.shape)}|{value.dtype}|".encode())
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()

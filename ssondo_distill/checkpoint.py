@@ -1,0 +1,124 @@
+"""The student checkpoint: one file a user can deploy.
+
+``{format, version, student (build_student args), frontend (LogMelConfig), teacher_id,
+teacher_dim, backbone_dim, state_dict, init_info, extra, code_version, created}``, written
+atomically with torch.save and read back with ``torch.load(weights_only=True)`` (plain
+containers and tensors only: no pickled code runs on load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ssondo_cache.atomic import atomic_path
+from ssondo_cache.provenance import code_version, now_iso
+from ssondo_cache.typed_config import to_dict
+
+from .frontend import LogMelConfig, StudentFrontEnd
+from .students import Student, build_student
+
+FORMAT = "ssondo-student"
+VERSION = 1
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that does not belong where it is being loaded."""
+
+
+class AudioStudent(nn.Module):
+    """Front-end + student: audio (B, S) at ``sample_rate`` -> (B, teacher_dim) / (B, backbone_dim)."""
+
+    def __init__(self, frontend: StudentFrontEnd, student: Student) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.student = student
+        self.sample_rate = frontend.sample_rate
+        self.teacher_dim = student.teacher_dim
+        self.backbone_dim = student.backbone_dim
+
+    def forward(self, audio: Tensor) -> Tensor:  # (B, S) -> (B, teacher_dim)
+        return self.student(self.frontend(audio))
+
+    def embed(self, audio: Tensor) -> Tensor:  # (B, S) -> (B, backbone_dim)
+        return self.student.embed(self.frontend(audio))
+
+
+def _frontend_dict(frontend_cfg: LogMelConfig | StudentFrontEnd | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(frontend_cfg, StudentFrontEnd):
+        return frontend_cfg.config()
+    if dataclasses.is_dataclass(frontend_cfg):
+        return to_dict(frontend_cfg)
+    return StudentFrontEnd(**frontend_cfg).config()  # validates, fills defaults
+
+
+def save_student(path: str | Path, student: Student, frontend_cfg: LogMelConfig | StudentFrontEnd | dict[str, Any],
+                 teacher_id: str, teacher_dim: int, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``student`` (weights + rebuild config), its front-end and its teacher to ``path``."""
+    if teacher_dim != student.teacher_dim:
+        raise CheckpointMismatch(f"student {student.name!r} projects to {student.teacher_dim} dims, "
+                                 f"but teacher {teacher_id!r} has {teacher_dim}")
+    extra = dict(extra or {})
+    try:  # plain data only: weights_only loading refuses anything else
+        json.dumps(extra, allow_nan=True)
+    except TypeError as e:
+        raise ValueError(f"checkpoint extra must be JSON-like plain data: {e}") from None
+    payload = {
+        "format": FORMAT, "version": VERSION,
+        "student": student.config(), "frontend": _frontend_dict(frontend_cfg),
+        "teacher_id": str(teacher_id), "teacher_dim": int(teacher_dim), "backbone_dim": student.backbone_dim,
+        "state_dict": {k: v.detach().cpu() if isinstance(v, Tensor) else v
+                       for k, v in student.state_dict().items()},
+        "init_info": json.loads(json.dumps(student.init_info)), "extra": extra,
+        "code_version": code_version(), "created": now_iso(),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_meta(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Everything in the checkpoint but the weights."""
+    ckpt = _read(path, map_location)
+    return {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no student checkpoint at {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointMismatch(f"{path} is not an ssondo student checkpoint (format "
+                                 f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointMismatch(f"{path}: checkpoint version {ckpt.get('version')}, this code reads {VERSION}")
+    return ckpt
+
+
+def load_student(path: str | Path, expect_student: str | None = None, expect_teacher_dim: int | None = None,
+                 map_location: str | torch.device = "cpu") -> tuple[AudioStudent, dict[str, Any]]:
+    """Rebuild the student of ``path`` with its front-end, weights loaded strictly, in eval mode.
+
+    ``expect_student`` / ``expect_teacher_dim``: refuse (CheckpointMismatch naming both sides)
+    a checkpoint of another student or trained for another teacher dimension.
+    """
+    ckpt = _read(path, map_location)
+    cfg = dict(ckpt["student"])
+    name, teacher_dim = cfg.pop("name"), cfg.pop("teacher_dim")
+    if expect_student is not None and expect_student != name:
+        raise CheckpointMismatch(f"{path} holds student {name!r}, but {expect_student!r} was expected")
+    if expect_teacher_dim is not None and int(expect_teacher_dim) != int(teacher_dim):
+        raise CheckpointMismatch(f"{path} was trained for a {teacher_dim}-d teacher ({ckpt['teacher_id']}), "
+                                 f"but a {expect_teacher_dim}-d teacher was expected")
+    student = build_student(name, teacher_dim, **cfg)
+    student.load_state_dict(ckpt["state_dict"], strict=True)
+    student.init_info = ckpt.get("init_info", {})
+    model = AudioStudent(StudentFrontEnd(**ckpt["frontend"]), student).to(map_location).eval()
+    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
