@@ -1,0 +1,168 @@
+"""The labelled development tasks and the CSV lists of the demo corpus.
+
+Every CSV has a header; `path` is relative to the CSV's own folder (POSIX separators), so
+DIR/manifests/demo/x.csv points at ../../audio/...; `key` is the dot-free clip key to pack
+under; task CSVs add `labels` (one label: these tasks are single-label) and `split`
+(train | valid | test). Splits never depend on random state: clips are ordered by the
+sha256 of "<seed>:<key>", which gives the same answer on every machine and numpy version.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+SEED = 0
+
+# spoken digit: split by voice. Spanish, French and Italian each have two speakers: one in
+# train, the other in valid (es) or test (fr, it), so every held-out voice speaks a language
+# that training hears from someone else (a digit word differs between languages).
+DIGIT_SPLIT = {
+    "en_US_f_Allison": "train",
+    "es_MX_f_Allison": "train",
+    "fr_CA_f_June": "train",
+    "it_IT_m_Carlo": "train",
+    "ru_RU_f_IvrvoiceRU": "train",
+    "es_CO_Avatar": "valid",
+    "fr_FR_Armelle": "test",
+    "it_IT_f_Menardi": "test",
+}
+SONIC_PI_MIN_CLIPS = 8  # categories with fewer samples (guit, misc, sn, vinyl) stay unlabelled
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One audio file of the corpus (the pointer, never the payload)."""
+
+    rel: str  # path under the corpus DIR, e.g. audio/sonicpi/bd/bd_haus.wav
+    source: str  # the package it comes from
+    origin: str  # the file inside that package, or the soundfont preset + note rendered
+    licence: str
+
+    @property
+    def key(self) -> str:
+        """audio/sonicpi/bd/bd_haus.wav -> sonicpi-bd-bd_haus (no dots: a WebDataset key)."""
+        stem = self.rel.removeprefix("audio/").removesuffix(".wav")
+        return stem.replace("/", "-").replace(".", "_")
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    rows: list[tuple[Clip, str, str]] = field(default_factory=list)  # (clip, label, split)
+    skipped: str = ""  # why the task could not be built (then rows is empty)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in SPLITS}
+        for _, _, split in self.rows:
+            out[split] += 1
+        return out
+
+    def labels(self) -> list[str]:
+        return sorted({label for _, label, _ in self.rows})
+
+
+def hash_order(clips: Iterable[Clip], seed: int = SEED) -> list[Clip]:
+    return sorted(clips, key=lambda c: hashlib.sha256(f"{seed}:{c.key}".encode()).hexdigest())
+
+
+def instrument_family_task(
+    train_pool: list[tuple[Clip, str]], test_pool: list[tuple[Clip, str]], valid_fraction: float = 0.2
+) -> Task:
+    """FluidR3 renders -> train + valid (valid_fraction of each family); TimGM6mb renders -> test."""
+    task = Task(
+        "instrument_family",
+        "General MIDI instrument family of a single rendered note; "
+        "train/valid on FluidR3_GM renders, test on TimGM6mb renders (a soundfont never heard in training)",
+    )
+    by_label: dict[str, list[Clip]] = defaultdict(list)
+    for clip, label in train_pool:
+        by_label[label].append(clip)
+    for label in sorted(by_label):
+        ordered = hash_order(by_label[label])
+        n_valid = max(1, round(valid_fraction * len(ordered)))
+        task.rows += [(c, label, "valid" if i < n_valid else "train") for i, c in enumerate(ordered)]
+    task.rows += [(clip, label, "test") for clip, label in test_pool]
+    return _sorted(task)
+
+
+def spoken_digit_task(pool: list[tuple[Clip, str, str]]) -> Task:
+    """pool: (clip, digit, voice); the split follows the voice (DIGIT_SPLIT)."""
+    task = Task(
+        "spoken_digit",
+        "spoken digit 0-9 across voices (Asterisk prompts, 8 kHz, 8 voices in 5 languages); "
+        "split by voice: " + ", ".join(f"{v}={s}" for v, s in DIGIT_SPLIT.items()),
+    )
+    task.rows = [(clip, digit, DIGIT_SPLIT[voice]) for clip, digit, voice in pool]
+    return _sorted(task)
+
+
+def sonicpi_category_task(pool: list[tuple[Clip, str]], fraction: float = 0.2) -> Task:
+    """Sonic Pi sample category (name prefix); per category `fraction` valid, `fraction` test."""
+    task = Task(
+        "sonicpi_category",
+        "Sonic Pi sample category (ambi, bass, bd, drum, elec, ...), "
+        f"categories with at least {SONIC_PI_MIN_CLIPS} samples in the full set; stratified splits",
+    )
+    by_label: dict[str, list[Clip]] = defaultdict(list)
+    for clip, label in pool:
+        by_label[label].append(clip)
+    for label in sorted(by_label):
+        ordered = hash_order(by_label[label])
+        n = max(1, round(fraction * len(ordered)))
+        task.rows += [
+            (c, label, "test" if i < n else "valid" if i < 2 * n else "train") for i, c in enumerate(ordered)
+        ]
+    return _sorted(task)
+
+
+def task_csv(task: Task, csv_dir: Path, corpus_dir: Path) -> str:
+    return _csv(
+        ("path", "key", "labels", "split"),
+        ((_rel(c, csv_dir, corpus_dir), c.key, label, split) for c, label, split in task.rows),
+    )
+
+
+def list_csv(clips: Iterable[Clip], csv_dir: Path, corpus_dir: Path) -> str:
+    """An unlabelled list (the distillation list, or every clip)."""
+    return _csv(("path", "key"), ((_rel(c, csv_dir, corpus_dir), c.key) for c in sorted(clips, key=_by_rel)))
+
+
+def sources_csv(clips: Iterable[Clip], csv_dir: Path, corpus_dir: Path) -> str:
+    """Where each clip comes from and under which licence (attribution for CC-BY-SA)."""
+    return _csv(
+        ("path", "key", "source", "origin", "licence"),
+        (
+            (_rel(c, csv_dir, corpus_dir), c.key, c.source, c.origin, c.licence)
+            for c in sorted(clips, key=_by_rel)
+        ),
+    )
+
+
+def _by_rel(c: Clip) -> str:
+    return c.rel
+
+
+def _sorted(task: Task) -> Task:
+    task.rows.sort(key=lambda r: r[0].rel)
+    return task
+
+
+def _rel(clip: Clip, csv_dir: Path, corpus_dir: Path) -> str:
+    return Path(os.path.relpath(corpus_dir / clip.rel, csv_dir)).as_posix()
+
+
+def _csv(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
