@@ -1,0 +1,152 @@
+"""Packing throughput (FLAC vs WAV shards) and per-core decode throughput reading the shards back.
+
+    python benchmarks/pack.py                       # generates its own corpus (tones + noise)
+    python benchmarks/pack.py --input demo-out/data --workers 2
+
+Baselines measured in the same run: packing is compared with just decoding the inputs
+(soundfile, no resample/encode/write); reading shards back is compared with reading the
+tar members without decoding them, and FLAC with WAV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ssondo_cache.audio import AUDIO_EXTENSIONS
+from ssondo_cache.pack import pack
+from ssondo_cache.plan import PackParams, make_plan
+from ssondo_cache.shards import iter_members, iter_shard
+
+
+def make_corpus(root: Path, n: int, seconds: float, sr: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    for i in range(n):
+        x = 0.3 * np.sin(2 * np.pi * (200 + 10 * i) * t)[:, None] + 0.05 * rng.standard_normal((len(t), 2))
+        sf.write(root / f"clip{i:05d}.flac", x.astype(np.float32), sr, subtype="PCM_16")
+    return root
+
+
+def audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def time_it(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def decode_inputs(files: list[Path]) -> float:
+    total = 0.0
+    for f in files:
+        x, sr = sf.read(io.BytesIO(f.read_bytes()), dtype="float32")
+        total += len(x) / sr
+    return total
+
+
+def read_shards(shards: list[Path], decode: bool) -> tuple[int, float]:
+    n, seconds = 0, 0.0
+    for s in shards:
+        if decode:
+            for clip in iter_shard(s):
+                n += 1
+                seconds += len(clip.audio) / clip.sample_rate
+        else:
+            for _key, _group in iter_members(s):
+                n += 1
+    return n, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--input", type=Path, help="folder of audio (e.g. the demo corpus); default: generate one"
+    )
+    ap.add_argument("--n", type=int, default=48, help="clips to generate when --input is not given")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of generated clips")
+    ap.add_argument("--sample-rate", type=int, default=32000, help="pack sample rate")
+    ap.add_argument("--workers", type=int, default=1, help="pack worker processes")
+    ap.add_argument("--shard-size", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ssondo-bench-pack-"))
+    try:
+        if args.input:
+            src = args.input
+            corpus_desc = f"{src}"
+        else:
+            src = make_corpus(tmp / "in", args.n, args.seconds, 44100)
+            corpus_desc = f"generated: {args.n} x {args.seconds} s, 44.1 kHz stereo FLAC"
+        files = audio_files(src)
+        t_dec, in_seconds = time_it(lambda: decode_inputs(files))
+        print(f"corpus: {corpus_desc} ({len(files)} files, {in_seconds:.0f} s of audio)")
+        print(f"baseline: decode inputs only, 1 process: {len(files) / t_dec:.1f} files/s")
+
+        t_plan, plan = time_it(
+            lambda: make_plan([src], PackParams(args.sample_rate, "flac", args.shard_size, 0.1, 10.0, False))
+        )
+        print(
+            f"plan (sha256 + header, no cache): {len(files) / t_plan:.1f} files/s, {len(plan.items)} clips planned"
+        )
+
+        results = {}
+        for fmt in ("flac", "wav"):
+            work = tmp / f"work-{fmt}"
+            t, res = time_it(
+                lambda fmt=fmt, work=work: pack(
+                    [src],
+                    work,
+                    fmt=fmt,
+                    sample_rate=args.sample_rate,
+                    shard_size=args.shard_size,
+                    workers=args.workers,
+                    progress=False,
+                )
+            )
+            shards = sorted((work / "shards").glob("clips-*.tar"))
+            size = sum(p.stat().st_size for p in shards)
+            t_raw, _ = time_it(lambda shards=shards: read_shards(shards, decode=False))
+            t_read, (n, secs) = time_it(lambda shards=shards: read_shards(shards, decode=True))
+            results[fmt] = {
+                "pack_clips_per_s": res.n_packed / t,
+                "pack_s": t,
+                "clips": res.n_packed,
+                "shard_mb": size / 1e6,
+                "decode_clips_per_s_per_core": n / t_read,
+                "decode_audio_s_per_s_per_core": secs / t_read,
+                "tar_read_clips_per_s": n / t_raw,
+            }
+            r = results[fmt]
+            print(
+                f"{fmt:4s}: pack {r['pack_clips_per_s']:7.1f} clips/s ({args.workers} worker(s), "
+                f"{r['pack_s']:.1f} s, x{(res.n_packed / t) / (len(files) / t_dec):.2f} of input decode), "
+                f"shards {r['shard_mb']:.1f} MB; read back {r['decode_clips_per_s_per_core']:7.1f} clips/s/core "
+                f"({r['decode_audio_s_per_s_per_core']:.0f} s audio/s, x"
+                f"{r['decode_clips_per_s_per_core'] / r['tar_read_clips_per_s']:.2f} of tar read without decode)"
+            )
+        f, w = results["flac"], results["wav"]
+        print(
+            f"ratio WAV/FLAC: packing x{w['pack_clips_per_s'] / f['pack_clips_per_s']:.2f}, "
+            f"decoding x{w['decode_clips_per_s_per_core'] / f['decode_clips_per_s_per_core']:.2f}, "
+            f"size x{w['shard_mb'] / f['shard_mb']:.2f}"
+        )
+        print(json.dumps({"benchmark": "pack", "corpus": corpus_desc, "workers": args.workers, **results}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Turning one input file into clean mono PCM_16 clips: probe, decode, check, downmix, resample.
+
+Everything here is a pure function of the file's bytes and the pack parameters, so two
+processes (or two runs, or two nodes of a cluster) that see the same bytes produce the same
+samples. Downmix and resampling run in float64: the channel mean of float32 samples is
+then exact whatever the summation order, and the resampler's rounding differences between
+CPU instruction sets stay ~1e-13, far below the int16 step, so ranks on different machines
+still write byte-identical shards. Resampling is torchaudio's windowed-sinc filter
+(``torchaudio.functional.resample`` defaults), on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+# fmt: off
+# Extensions libsndfile (the decoder behind soundfile) reads.
+AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
+                              ".au", ".snd", ".caf", ".w64", ".rf64"})
+# Audio that exists in the wild but libsndfile cannot decode: refused with a clear reason.
+UNSUPPORTED_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".mp4", ".wma", ".ape", ".alac", ".amr", ".mka", ".webm",
+                                          ".ac3", ".mid", ".midi"})
+# fmt: on
+SILENCE_PEAK = 10 ** (-70 / 20)  # a clip whose loudest sample is below -70 dBFS counts as silent
+PCM16_SCALE = 32768.0
+
+
+class AudioReject(Exception):
+    """An input (or one segment of it) that cannot become a clip; ``reason`` is a manifests.REASONS key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    frames: int
+    sample_rate: int
+    channels: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+AudioSource = str | Path | bytes  # a file path, or a whole file in memory
+
+
+def probe(src: AudioSource) -> AudioInfo:
+    """Read the header of a file (no decoding). Raises AudioReject."""
+    if (len(src) if isinstance(src, bytes) else os.path.getsize(src)) == 0:
+        raise AudioReject("empty", "the file has 0 bytes")
+    try:
+        info = sf.info(_openable(src))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioReject("unreadable", f"not audio soundfile can read ({_why(err)})") from None
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioReject("unreadable", f"bad header: {info.samplerate} Hz, {info.channels} channels")
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), info.format, info.subtype)
+
+
+def segment_bounds(frames: int, sample_rate: int, max_duration: float | None) -> list[tuple[int, int]]:
+    """[(start, stop)) frame ranges: the whole file, or consecutive ``max_duration`` pieces
+    (the last one shorter) when the file is longer than ``max_duration``."""
+    if not max_duration or max_duration <= 0:
+        return [(0, frames)]
+    seg = max(1, int(round(max_duration * sample_rate)))
+    if frames <= seg:
+        return [(0, frames)]
+    return [(s, min(s + seg, frames)) for s in range(0, frames, seg)]
+
+
+def too_short(n_frames: int, sample_rate: int, min_duration: float) -> bool:
+    return n_frames < max(1, math.ceil(min_duration * sample_rate - 1e-9))
+
+
+def decode_segment(src: AudioSource, start: int, stop: int) -> tuple[np.ndarray, int]:
+    """Decode frames [start, stop) of a file -> (float32 (frames, channels), sample rate)."""
+    try:
+        with sf.SoundFile(_openable(src)) as f:
+            if start:
+                f.seek(start)
+            x = f.read(stop - start, dtype="float32", always_2d=True)
+            return x, int(f.samplerate)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise AudioReject("unreadable", f"decoding failed ({_why(err)})") from None
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """(frames, channels) or (frames,) -> (frames,) float64, the mean of the channels."""
+    if x.ndim == 1:
+        return x.astype(np.float64)
+    if x.shape[1] == 1:
+        return x[:, 0].astype(np.float64)
+    return x.astype(np.float64).mean(axis=1)
+
+
+def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """(samples,) at orig_sr -> (ceil(samples * new_sr / orig_sr),) at new_sr, same dtype."""
+    if orig_sr == new_sr:
+        return x
+    import torch
+    import torchaudio.functional as AF
+
+    with torch.inference_mode():
+        y = AF.resample(torch.from_numpy(np.ascontiguousarray(x))[None], orig_sr, new_sr)
+    return y[0].numpy()
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """float in [-1, 1) -> int16, rounding to nearest and clipping (16-bit input maps back exactly)."""
+    return np.clip(np.rint(x * PCM16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def from_pcm16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) / np.float32(PCM16_SCALE)
+
+
+@dataclass(frozen=True)
+class Clip:
+    pcm: np.ndarray  # (samples,) int16 at the pack sample rate
+    silent: bool
+
+
+def prepare_clip(src: AudioSource, start: int, stop: int, sample_rate: int, min_duration: float) -> Clip:
+    """Decode one planned clip and apply the checks that need the samples. Raises AudioReject."""
+    x, orig_sr = decode_segment(src, start, stop)
+    if x.shape[0] == 0:
+        raise AudioReject("empty", "no samples could be decoded")
+    if too_short(x.shape[0], orig_sr, min_duration):
+        raise AudioReject(
+            "too_short", f"{x.shape[0] / orig_sr:.3f} s decoded, below --min-duration {min_duration} s"
+        )
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int(x.size - finite.sum())
+        raise AudioReject("nan_inf", f"{bad} NaN/Inf sample values")
+    y = resample(to_mono(x), orig_sr, sample_rate)
+    pcm = to_pcm16(y)
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    return Clip(pcm=pcm, silent=peak < SILENCE_PEAK)
+
+
+def _openable(src: AudioSource) -> str | io.BytesIO:
+    return io.BytesIO(src) if isinstance(src, bytes) else str(src)
+
+
+def _why(err: Exception) -> str:
+    """libsndfile's message without the file name (the rejects table has the path already)."""
+    text = str(err)
+    return text.split(": ", 1)[1] if text.startswith("Error opening") and ": " in text else text

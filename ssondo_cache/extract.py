@@ -1,0 +1,606 @@
+"""Run a teacher once over the packed corpus into the zarr cache (see store.py), resumably.
+
+Data path:
+  DataLoader workers (spawn)          main process, on the device
+  tar shard -> decode -> item    ->   [resample] -> cut TS windows -> teacher (bf16 autocast on CUDA)
+  (consecutive clips of ONE tar       -> mean over frames = window embeddings (W, D)
+   shard, int16 or resampled f32)     -> float32 mean over valid windows = clip embedding
+                                      -> block complete: write it whole (background thread), mark done
+Work is split by block (= tar shard when packing kept shards full): rank r of w owns blocks
+k % w == r, and its DataLoader workers take whole blocks round-robin.
+
+Determinism: what goes into each teacher forward is planned from the manifest alone, per tar
+shard (``plan_items``), so a clip meets the same batch-mates whatever the number of workers,
+processes or ranks, or where a killed run resumes: the cache ends bit-identical (on the same
+hardware and software) to one uninterrupted run. Batch size and precision are part of the cache's
+identity for that reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from ssondo_cache.manifests import clips_fingerprint, read_clips, table_meta
+from ssondo_cache.provenance import code_version
+from ssondo_cache.shards import FORMATS, iter_members
+from ssondo_cache.store import CacheStore, cache_path, create_or_open
+from ssondo_cache.teachers import build_teacher, resolve_device
+from ssondo_cache.teachers.base import Teacher
+from ssondo_cache.windows import TemporalSupport, cut_windows, n_windows_array, resampled_length
+from ssondo_cache.workspace import Workspace
+
+log = logging.getLogger("ssondo.extract")
+MAX_PENDING_WRITES = 2  # blocks being compressed and written in background threads
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    cache: Path
+    name: str  # <teacher_id>/ts<TS>-hop<HOP>, what `--cache` takes later
+    device: str
+    blocks_written: int  # by this process, this run (a block = a tar shard when packing kept them full)
+    blocks_skipped: int  # of this rank's share, already done before this run
+    clips: int  # clips embedded by this process, this run
+    seconds: float  # the whole loop: worker start-up, compilation and writing included
+    warmup_seconds: float  # until the first item was embedded (worker start-up, first forward / compilation)
+    warmup_clips: int  # clips in that first item
+    rank_complete: bool  # every block of this rank is done
+    cache_complete: bool  # every block of every rank is done
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_clips_per_second(self) -> float:
+        """Throughput after the first item (start-up and compilation left out)."""
+        dt = self.seconds - self.warmup_seconds
+        return (self.clips - self.warmup_clips) / dt if dt > 0 else 0.0
+
+
+# ---------------------------------------------------------------- planning (manifest only)
+@dataclass(frozen=True)
+class Plan:
+    """Everything fixed before any audio is decoded."""
+
+    n_rows: int
+    shard_offsets: list[int]  # rows of tar shard s: [offsets[s], offsets[s+1])
+    keys: list[str]
+    num_samples: np.ndarray  # (N,) samples at the pack rate, as decoded from the shards
+    lengths: np.ndarray  # (N,) samples at the teacher rate
+    n_windows: np.ndarray  # (N,) int32
+    pack_rate: int
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shard_offsets) - 1
+
+    @property
+    def max_windows(self) -> int:
+        return int(self.n_windows.max()) if self.n_rows else 1
+
+
+def make_plan(clips, teacher_rate: int, support: TemporalSupport) -> Plan:
+    """Rows, tar-shard offsets and window counts from the clips manifest (a pyarrow table)."""
+    rows = np.asarray(clips.column("row").to_numpy(), dtype=np.int64)
+    shards = np.asarray(clips.column("shard").to_numpy(), dtype=np.int64)
+    if not np.array_equal(rows, np.arange(len(rows))):
+        raise ValueError("manifests/clips.parquet: rows are not 0..N-1 in order; re-pack the corpus")
+    if len(shards) and np.any(np.diff(shards) < 0):
+        raise ValueError("manifests/clips.parquet: rows are not in tar-shard order; re-pack the corpus")
+    rates = np.unique(clips.column("sample_rate").to_numpy())
+    if len(rates) > 1:
+        raise ValueError(f"manifests/clips.parquet mixes sample rates {rates.tolist()}; a pack has one rate")
+    pack_rate = int(rates[0]) if len(rates) else teacher_rate
+    n_shards = int(shards.max()) + 1 if len(shards) else 0
+    offsets = np.searchsorted(shards, np.arange(n_shards + 1), side="left").tolist()
+    num = np.asarray(clips.column("num_samples").to_numpy(), dtype=np.int64)
+    lengths = np.array([resampled_length(n, pack_rate, teacher_rate) for n in num], dtype=np.int64)
+    win_hop = support.in_samples(teacher_rate)
+    win, hop = win_hop if win_hop else (None, None)
+    return Plan(
+        n_rows=len(rows),
+        shard_offsets=[int(o) for o in offsets],
+        keys=clips.column("key").to_pylist(),
+        num_samples=num,
+        lengths=lengths,
+        n_windows=n_windows_array(lengths, win, hop),
+        pack_rate=pack_rate,
+    )
+
+
+def plan_items(
+    n_windows: np.ndarray, lengths: np.ndarray, batch_size: int, full: bool
+) -> list[tuple[int, int]]:
+    """Split one tar shard's clips (in tar order) into items of consecutive clips, (start, stop) in the shard.
+
+    An item holds as many whole clips as fit in ``batch_size`` windows (at least one clip; a longer
+    clip is run in several forwards). With TS ``full`` the windows are whole clips, so an item
+    only holds clips of one length (they are stacked, never padded with silence)."""
+    items: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for i, nw in enumerate(n_windows.tolist()):
+        fits = used + nw <= batch_size and (not full or lengths[i] == lengths[start])
+        if i > start and not fits:
+            items.append((start, i))
+            start, used = i, 0
+        used += nw
+    if len(n_windows):
+        items.append((start, len(n_windows)))
+    return items
+
+
+# ---------------------------------------------------------------- workers: decode (and resample)
+class Resampler:
+    """Batched sinc resampling with the kernel built once (torchaudio's defaults)."""
+
+    def __init__(self, orig: int, new: int) -> None:
+        import torchaudio
+
+        self.orig, self.new = orig, new
+        self._fn = torchaudio.transforms.Resample(orig, new) if orig != new else None
+
+    def to(self, device: torch.device) -> Resampler:
+        if self._fn is not None:
+            self._fn = self._fn.to(device)
+        return self
+
+    def batch(self, audio: torch.Tensor) -> torch.Tensor:
+        """(n, S) clips of one length -> (n, resampled_length(S))."""
+        if self._fn is None:
+            return audio
+        return self._fn(audio)[:, : resampled_length(audio.shape[-1], self.orig, self.new)]
+
+    def __call__(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Resample each clip; clips of equal length go through together. Output lengths are
+        exactly ``resampled_length`` of the inputs."""
+        if self._fn is None:
+            return clips
+        out: list[torch.Tensor | None] = [None] * len(clips)
+        by_length: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_length.setdefault(c.shape[-1], []).append(i)
+        for n, idx in by_length.items():
+            y = self._fn(torch.stack([clips[i] for i in idx]))[:, : resampled_length(n, self.orig, self.new)]
+            for j, i in enumerate(idx):
+                out[i] = y[j]
+        return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The part of one tar shard a block needs: plan items (start, stop) in tar order, shard-local."""
+
+    shard: int
+    path: str
+    row0: int  # global row of the tar shard's first clip
+    items: list[tuple[int, int]]
+    keys: list[str]  # of the whole tar shard, for checking what is decoded
+    num_samples: list[int]
+
+
+@dataclass(frozen=True)
+class BlockWork:
+    block: int
+    segments: list[Segment]
+
+
+class BlockItems(IterableDataset):
+    """Yields items (dicts) of consecutive decoded clips of one tar shard, block after block.
+
+    Workers take whole blocks round-robin, so each block's items come from one worker, in order;
+    the last item of a block is flagged so the main process knows the block is complete. An item's
+    clips travel as ONE flat tensor (``audio``, split by ``lengths``): int16 PCM when the device
+    resamples (half the bytes through shared memory, pinning and the bus), else float32 resampled here.
+    """
+
+    def __init__(self, blocks: list[BlockWork], resample: tuple[int, int] | None) -> None:
+        self.blocks = blocks
+        self.resample = resample  # (orig, new): resample here, in the worker; None: on the device
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        mine = self.blocks if info is None else self.blocks[info.id :: info.num_workers]
+        resampler = Resampler(*self.resample) if self.resample else None
+        for work in mine:
+            n_items = sum(len(seg.items) for seg in work.segments)
+            n = 0
+            for seg in work.segments:
+                for a, b, audio in _decode_items(seg):
+                    if resampler is not None:
+                        audio = resampler([x.float() * PCM16_SCALE for x in audio])
+                    n += 1
+                    yield {
+                        "block": work.block,
+                        "start": seg.row0 + a,
+                        "stop": seg.row0 + b,
+                        "last": n == n_items,
+                        "audio": torch.cat(audio),
+                        "lengths": [len(x) for x in audio],
+                    }
+
+
+PCM16_SCALE = 1.0 / 32768  # what libsndfile multiplies PCM_16 by to give float (exact in float32)
+
+
+def _decode_items(seg: Segment) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """Decode the clips of ``seg``'s items to int16 PCM, one item at a time, checking each clip against
+    the manifest; clips before the first item are skipped undecoded and reading stops after the last."""
+    first = seg.items[0][0]
+    members = iter_members(seg.path)
+    try:
+        for i in range(first):  # not needed by this block: check the key, don't decode
+            _next_member(members, seg, i)
+        for a, b in seg.items:
+            audio = []
+            for i in range(a, b):
+                key, group = _next_member(members, seg, i)
+                ext = next((e for e in FORMATS if e in group), None)
+                if ext is None:
+                    raise ValueError(f"{seg.path}: clip {key!r} has no audio member")
+                with sf.SoundFile(io.BytesIO(group[ext])) as f:
+                    if f.subtype != "PCM_16" or f.channels != 1:
+                        raise ValueError(
+                            f"{seg.path}: clip {key!r} is {f.subtype} x{f.channels}, shards hold "
+                            "mono PCM_16 (re-pack?)"
+                        )
+                    x = f.read(dtype="int16")
+                if len(x) != seg.num_samples[i]:
+                    raise ValueError(
+                        f"{seg.path}: clip {key!r} has {len(x)} samples, the manifest says "
+                        f"{seg.num_samples[i]}: shards and manifest disagree (re-pack?)"
+                    )
+                audio.append(torch.from_numpy(x))
+            yield a, b, audio
+    finally:
+        members.close()
+
+
+def _next_member(members: Iterator[tuple[str, dict[str, bytes]]], seg: Segment, i: int) -> tuple[str, dict]:
+    got = next(members, None)
+    if got is None or got[0] != seg.keys[i]:
+        found = "the end of the shard" if got is None else repr(got[0])
+        raise ValueError(
+            f"{seg.path}: clip {i} should be {seg.keys[i]!r} as in manifests/clips.parquet, "
+            f"found {found}: shards and manifest disagree (re-pack?)"
+        )
+    return got
+
+
+# ---------------------------------------------------------------- device side
+class WindowEmbedder:
+    """windows (n, win) -> (n, D) float32: teacher frames averaged over time, in fixed-size forwards."""
+
+    def __init__(self, teacher: Teacher, device: torch.device, batch_size: int, compile: bool) -> None:
+        self.teacher, self.device, self.batch_size = teacher, device, batch_size
+        self.autocast = device.type == "cuda" and not teacher.cpu_only
+        # compiled graphs want one input shape: pad every forward to batch_size rows
+        self.pad = compile
+        self.forward = torch.compile(teacher, dynamic=False) if compile else teacher
+
+    @property
+    def precision(self) -> str:
+        if self.teacher.cpu_only:  # runs outside PyTorch (e.g. onnxruntime): its own arithmetic
+            return "cpu-native"
+        return f"{self.device.type}-{'bf16-autocast' if self.autocast else 'fp32'}"
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(windows), self.batch_size):
+            x = windows[i : i + self.batch_size]
+            n = len(x)
+            if self.pad and n < self.batch_size:
+                x = torch.nn.functional.pad(x, (0, 0, 0, self.batch_size - n))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                frames = self.forward(x)  # (B, T, D)
+            out.append(frames[:n].float().mean(dim=1))  # (n, D): pool over time in float32
+        return torch.cat(out)
+
+
+class BlockBuffer:
+    """The rows [start, stop) of one block while its items come in."""
+
+    def __init__(self, start: int, stop: int, w_max: int, dim: int) -> None:
+        self.start, self.stop = start, stop
+        self.emb = np.full((stop - start, w_max, dim), np.nan, dtype=np.float16)
+        self.clip = np.full((stop - start, dim), np.nan, dtype=np.float16)
+        self.n_windows = np.zeros(stop - start, dtype=np.int32)
+
+
+@dataclass
+class Embedded:
+    """One item's results, possibly still being computed on the device (finished by ``store``)."""
+
+    block: int
+    start: int  # global row of the item's first clip
+    last: bool
+    counts: list[int]  # windows per clip
+    emb: torch.Tensor  # (sum counts, D) float16, on the host (being copied there when ``ready`` is set)
+    clip: torch.Tensor  # (clips, D) float16, likewise
+    ready: torch.cuda.Event | None = None  # recorded after the device -> host copies
+
+    def store(self, buf: BlockBuffer) -> int:
+        """Copy into ``buf`` the rows inside it (an item may run past a block's edge); returns how many."""
+        if self.ready is not None:
+            self.ready.synchronize()  # waits for THIS item only, not for work queued after it
+        emb16, clip16 = self.emb.numpy(), self.clip.numpy()
+        at = kept = 0
+        for j, n in enumerate(self.counts):
+            row = self.start + j - buf.start
+            if 0 <= row < len(buf.n_windows):
+                buf.emb[row, :n] = emb16[at : at + n]
+                buf.clip[row] = clip16[j]
+                buf.n_windows[row] = n
+                kept += 1
+            at += n
+        return kept
+
+
+def embed_item(
+    item: dict[str, Any],
+    embedder: WindowEmbedder,
+    resampler: Resampler | None,
+    win: int | None,
+    hop: int | None,
+) -> Embedded:
+    """Queue the device work for one item: [resample], cut windows, teacher, pool. Nothing waits for
+    the device here, so the next item can be prepared while this one runs."""
+    flat = item["audio"].to(embedder.device, non_blocking=True)  # (sum of lengths,)
+    if flat.dtype == torch.int16:
+        flat = flat.float() * PCM16_SCALE
+    lengths = item["lengths"]
+    if len(set(lengths)) == 1:  # the usual case (e.g. all 10-s clips): one (n, S) tensor, few kernels
+        audio = flat.view(len(lengths), lengths[0])
+        if resampler is not None:
+            audio = resampler.batch(audio)
+        windows = cut_windows(audio, win, hop)  # (n, W, win)
+        n, w = windows.shape[:2]
+        emb = embedder(windows.reshape(n * w, -1))  # (n * W, D) float32
+        clip = emb.view(n, w, -1).mean(dim=1)  # (n, D): float32 mean, then f16
+        counts = [w] * n
+    else:
+        clips = list(flat.split(lengths))
+        if resampler is not None:
+            clips = resampler(clips)
+        per_clip = [cut_windows(a, win, hop) for a in clips]  # (n_i, win) each
+        counts = [len(w) for w in per_clip]
+        emb = embedder(torch.cat(per_clip))  # (sum n_i, D) float32
+        clip = torch.stack([e.mean(dim=0) for e in emb.split(counts)])  # (clips, D): float32 mean, then f16
+    emb, clip, ready = emb.to(torch.float16), clip.to(torch.float16), None
+    if emb.device.type == "cuda":  # queue the copies now, into pinned memory: .cpu() later would wait
+        emb = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True).copy_(emb, non_blocking=True)
+        clip = torch.empty(clip.shape, dtype=clip.dtype, pin_memory=True).copy_(clip, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+    return Embedded(item["block"], item["start"], item["last"], counts, emb.cpu(), clip.cpu(), ready)
+
+
+# ---------------------------------------------------------------- the loop
+def extract(
+    work: str | Path,
+    teacher_spec: str,
+    checkpoint: str | Path | None = None,
+    ts: str | float = 1.0,
+    hop: str | float | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    compile: bool = False,
+    workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    teacher_options: dict[str, Any] | None = None,
+    resample_on: str = "auto",
+) -> ExtractResult:
+    """Embed every clip of WORK's packed corpus with a teacher at temporal support ``ts``/``hop``.
+
+    batch_size: windows per teacher forward. workers: DataLoader processes decoding tar shards
+    (0 = decode in this process). rank/world_size: this process owns blocks (= tar shards when the
+    pack kept every shard full) k with k % world_size == rank. Finished blocks are skipped, so
+    re-running resumes and re-running a finished extraction is a no-op. resample_on: where audio is
+    resampled to the teacher's rate, "workers", "device" or "auto" (the device when it is a GPU)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    if resample_on not in ("auto", "workers", "device"):
+        raise ValueError(f"resample_on must be auto, workers or device, not {resample_on!r}")
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and workers >= 0 (got {batch_size}, {workers})")
+    support = TemporalSupport.parse(ts, hop)
+    dev = resolve_device(device)  # cuda without a GPU raises here: never a quiet CPU run
+    if device == "auto":
+        log.info("device auto -> %s", dev)
+    teacher = build_teacher(teacher_spec, checkpoint, device=dev, **(teacher_options or {}))
+    if teacher.cpu_only and compile:
+        raise ValueError(
+            f"teacher {teacher_spec!r} does not run in PyTorch (cpu_only): --compile cannot apply"
+        )
+
+    ws = Workspace(work)
+    clips = read_clips(work)
+    plan = make_plan(clips, teacher.sample_rate, support)
+    win_hop = support.in_samples(teacher.sample_rate)
+    win, hop_n = win_hop if win_hop else (None, None)
+    embedder = WindowEmbedder(teacher, dev, batch_size, compile)
+    store = create_or_open(
+        cache_path(work, teacher.teacher_id, support.name),
+        {
+            "teacher": teacher.name,
+            "teacher_id": teacher.teacher_id,
+            "teacher_spec": teacher_spec,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "ts": support.ts if support.ts is not None else "full",
+            "hop": support.hop if support.hop is not None else "full",
+            "window_samples": win,
+            "hop_samples": hop_n,
+            "sample_rate": plan.pack_rate,
+            "teacher_sample_rate": teacher.sample_rate,
+            "frontend": teacher.describe(),
+            "dtype": "float16",
+            "pooling": "window = mean of teacher frames over time; clip = float32 mean over valid windows",
+            "batch_size": batch_size,
+            "precision": embedder.precision,
+            "compile": compile,
+            "clips_fingerprint": clips_fingerprint(clips),
+            "code_version": code_version(),
+            "n_rows": plan.n_rows,
+            "max_windows": plan.max_windows,
+            "embed_dim": teacher.embed_dim,
+            "shard_offsets": plan.shard_offsets,
+            "zarr_shard_rows": _pack_shard_size(clips, plan),
+        },
+        identity=("batch_size", "precision"),
+    )
+    mine = [k for k in range(store.n_blocks) if k % world_size == rank]
+    done = store.done()
+    todo = [k for k in mine if not done[k]]
+    log.info("%s: %d of this rank's %d blocks to do", store.path, len(todo), len(mine))
+    started = time.perf_counter()
+    n_clips, warmup = _run(
+        store, plan, todo, ws, embedder, support, win, hop_n, teacher, workers, progress, resample_on
+    )
+    seconds = time.perf_counter() - started
+    cache_complete = store.mark_finished()
+    return ExtractResult(
+        cache=store.path,
+        name=store.name,
+        device=str(dev),
+        blocks_written=len(todo),
+        blocks_skipped=len(mine) - len(todo),
+        clips=n_clips,
+        seconds=seconds,
+        warmup_seconds=warmup[0] - started if warmup else 0.0,
+        warmup_clips=warmup[1] if warmup else 0,
+        rank_complete=bool(store.done()[mine].all()),
+        cache_complete=cache_complete,
+    )
+
+
+def _pack_shard_size(clips, plan: Plan) -> int:
+    """The pack's nominal shard size (manifest metadata), else the largest tar shard."""
+    size = table_meta(clips).get("shard_size")
+    sizes = np.diff(plan.shard_offsets)
+    return int(size) if size else max(int(sizes.max()) if len(sizes) else 1, 1)
+
+
+def _one_thread(worker_id: int) -> None:
+    """Decode workers are many: one torch thread each, or they fight the teacher for the cores."""
+    torch.set_num_threads(1)
+
+
+def block_work(
+    plan: Plan, block: int, rows: tuple[int, int], ws: Workspace, batch_size: int, full: bool
+) -> BlockWork:
+    """Which tar shards, and which of their planned items, block ``block`` (global rows) needs."""
+    u0, u1 = rows
+    segments = []
+    offsets = plan.shard_offsets
+    first = int(np.searchsorted(offsets, u0, side="right")) - 1
+    for s in range(max(first, 0), plan.n_shards):
+        a, b = offsets[s], offsets[s + 1]
+        if a >= u1:
+            break
+        if b <= u0:
+            continue
+        items = plan_items(plan.n_windows[a:b], plan.lengths[a:b], batch_size, full)
+        needed = [(i, j) for i, j in items if a + j > u0 and a + i < u1]
+        segments.append(
+            Segment(s, str(ws.shard_path(s)), a, needed, plan.keys[a:b], plan.num_samples[a:b].tolist())
+        )
+    return BlockWork(block, segments)
+
+
+def _run(
+    store: CacheStore,
+    plan: Plan,
+    todo: list[int],
+    ws: Workspace,
+    embedder: WindowEmbedder,
+    support: TemporalSupport,
+    win: int | None,
+    hop: int | None,
+    teacher: Teacher,
+    workers: int,
+    progress: bool,
+    resample_on: str = "auto",
+) -> tuple[int, tuple[float, int] | None]:
+    """Embed and write blocks ``todo``; returns (clips embedded, (time, clips) when the first item was done)."""
+    if not todo:
+        return 0, None
+    dev = embedder.device
+    # Resample in the CPU workers when the teacher runs on the CPU; on a GPU the device does it far
+    # faster (DESIGN: ~107 clips/s per CPU thread for 32 -> 16 kHz would starve the teacher).
+    rates = (plan.pack_rate, teacher.sample_rate)
+    device_side = resample_on == "device" or (resample_on == "auto" and dev.type == "cuda")
+    on_device = device_side and rates[0] != rates[1]
+    resampler = Resampler(*rates).to(dev) if on_device else None
+    blocks = [
+        block_work(plan, k, store.block_rows(k), ws, embedder.batch_size, support.is_full) for k in todo
+    ]
+    loader = DataLoader(
+        BlockItems(blocks, None if on_device else rates),
+        batch_size=None,
+        num_workers=min(workers, len(todo)),
+        multiprocessing_context="spawn" if workers else None,
+        pin_memory=dev.type == "cuda",
+        worker_init_fn=_one_thread if workers else None,
+    )
+    buffers: dict[int, BlockBuffer] = {}
+    written: set[int] = set()
+    total = sum(b - a for a, b in map(store.block_rows, todo))
+    n_clips = 0
+    warmup = None
+    writes: list[Future] = []
+
+    def finish(done: Embedded) -> int:
+        k = done.block
+        if k not in buffers:
+            buffers[k] = BlockBuffer(*store.block_rows(k), plan.max_windows, store.embed_dim)
+        n = done.store(buffers[k])
+        if done.last:  # write in the background: compressing a block must not stall the device
+            buf = buffers.pop(k)
+            writes.append(writer.submit(store.write_block, k, buf.emb, buf.clip, buf.n_windows))
+            written.add(k)
+            while len(writes) > 2 * MAX_PENDING_WRITES or (writes and writes[0].done()):
+                writes.pop(0).result()  # re-raises a failed write
+        return n
+
+    with (
+        tqdm(
+            total=total, unit="clip", desc=f"extract {store.name}", disable=not progress, smoothing=0.1
+        ) as bar,
+        ThreadPoolExecutor(MAX_PENDING_WRITES) as writer,
+    ):
+        pending: Embedded | None = None
+        for item in loader:
+            queued = embed_item(item, embedder, resampler, win, hop)
+            if pending is not None:  # one item in flight: the device runs it while we store the previous
+                n = finish(pending)
+                n_clips += n
+                bar.update(n)
+                if warmup is None:
+                    warmup = (time.perf_counter(), n)
+            pending = queued
+        if pending is not None:
+            n = finish(pending)
+            n_clips += n
+            bar.update(n)
+        for f in writes:
+            f.result()
+    missing = sorted(set(todo) - written)
+    if missing:
+        raise RuntimeError(f"blocks {missing[:10]} produced no complete output; re-run to resume")
+    return n_clips, warmup

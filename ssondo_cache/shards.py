@@ -1,0 +1,136 @@
+"""WebDataset tar shards: writing them byte-for-byte reproducibly, reading them back.
+
+Layout of ``clips-NNNNNN.tar``: for each clip, in key order, ``<key>.flac`` (or ``.wav``,
+mono PCM_16) followed by ``<key>.json`` (source, offsets, labels ...). Tar headers carry a
+fixed mtime, uid/gid 0 and empty user/group names, so packing the same clips twice gives
+identical bytes; any tar reader (webdataset, ``tar tf``) reads them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import soundfile as sf
+
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, so re-packing gives identical tars
+FORMATS = {"flac": "FLAC", "wav": "WAV"}  # --format -> libsndfile container; always PCM_16
+
+
+@dataclass(frozen=True)
+class ShardClip:
+    key: str
+    audio: np.ndarray  # (samples,) float32 in [-1, 1)
+    sample_rate: int
+    meta: dict[str, Any]
+
+
+def encode_audio(pcm: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """(samples,) int16 -> bytes of a mono PCM_16 FLAC or WAV file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown audio format {fmt!r}; choose one of {sorted(FORMATS)}")
+    if pcm.dtype != np.int16:
+        raise TypeError(f"encode_audio expects int16 samples, got {pcm.dtype}")
+    buf = io.BytesIO()
+    sf.write(buf, pcm, sample_rate, format=FORMATS[fmt], subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_audio(data: bytes, ext: str) -> tuple[np.ndarray, int]:
+    """Bytes of a ``.flac``/``.wav`` tar member -> ((samples,) float32, sample rate).
+
+    Usable as a webdataset decoder step: ``decode_audio(sample["flac"], "flac")``."""
+    ext = ext.lstrip(".").lower()
+    if ext not in FORMATS:
+        raise ValueError(f"not a packed audio member: .{ext}")
+    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    if x.ndim != 1:  # shards are mono by construction; anything else is not ours
+        raise ValueError(f"expected mono audio in a shard, got shape {x.shape}")
+    return x, int(sr)
+
+
+def meta_bytes(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class ShardWriter:
+    """Append clips to one tar file with deterministic headers.
+
+    Use on a temporary path and rename when done (see pack.py): a reader never sees a
+    half-written shard under the final name."""
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")  # noqa: SIM115 (closed by close())
+
+    def add(self, key: str, audio: bytes, fmt: str, meta: dict[str, Any]) -> None:
+        self._member(f"{key}.{fmt}", audio)
+        self._member(f"{key}.json", meta_bytes(meta))
+
+    def _member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = TAR_MTIME
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_shard_file(path: Path, clips: list[tuple[str, bytes, str, dict[str, Any]]]) -> None:
+    """Write a whole shard to ``path`` (a temporary name) and flush it to disk."""
+    with open(path, "wb") as f:
+        with ShardWriter(f) as w:
+            for key, audio, fmt, meta in clips:
+                w.add(key, audio, fmt, meta)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per clip, in tar order, grouped the way webdataset groups them."""
+    key: str | None = None
+    group: dict[str, bytes] = {}
+    with tarfile.open(path, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = member.name.rsplit("/", 1)[-1]
+            if "." not in base:
+                raise ValueError(f"{path}: member {member.name!r} has no extension")
+            k, ext = base.split(".", 1)
+            if k != key:
+                if key is not None:
+                    yield key, group
+                key, group = k, {}
+            f = tar.extractfile(member)
+            assert f is not None
+            group[ext] = f.read()
+    if key is not None:
+        yield key, group
+
+
+def iter_shard(path: str | Path) -> Iterator[ShardClip]:
+    """Decoded clips of one shard, in tar order."""
+    for key, group in iter_members(path):
+        ext = next((e for e in FORMATS if e in group), None)
+        if ext is None:
+            raise ValueError(f"{path}: clip {key!r} has no .flac or .wav member (has {sorted(group)})")
+        audio, sr = decode_audio(group[ext], ext)
+        meta = json.loads(group["json"]) if "json" in group else {}
+        yield ShardClip(key=key, audio=audio, sample_rate=sr, meta=meta)

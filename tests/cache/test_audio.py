@@ -1,0 +1,117 @@
+"""Decoding, checks, downmix, resampling and PCM_16 conversion on real encoded audio."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ssondo_cache import audio as A
+from ssondo_cache.shards import decode_audio, encode_audio, iter_shard, write_shard_file
+from tests.cache.conftest import tone
+
+
+def encoded(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def test_pcm16_round_trip_is_exact_for_every_value() -> None:
+    every = np.arange(-32768, 32768, dtype=np.int16)
+    np.testing.assert_array_equal(A.to_pcm16(A.from_pcm16(every)), every)
+    assert A.to_pcm16(np.array([1.5, -2.0, 0.99999], np.float32)).tolist() == [32767, -32768, 32767]
+
+
+def test_probe_reads_header_and_refuses_garbage() -> None:
+    info = A.probe(encoded(tone(0.25, 16000, 2), 16000, "FLAC"))
+    assert (info.frames, info.sample_rate, info.channels, info.format) == (4000, 16000, 2, "FLAC")
+    with pytest.raises(A.AudioReject) as e:
+        A.probe(b"RIFF not really a wave file")
+    assert e.value.reason == "unreadable"
+    with pytest.raises(A.AudioReject) as e:
+        A.probe(b"")
+    assert e.value.reason == "empty"
+
+
+def test_segment_bounds() -> None:
+    assert A.segment_bounds(100, 10, None) == [(0, 100)]
+    assert A.segment_bounds(100, 10, 10.0) == [(0, 100)]
+    assert A.segment_bounds(250, 10, 10.0) == [(0, 100), (100, 200), (200, 250)]
+    assert A.segment_bounds(101, 10, 10.0) == [(0, 100), (100, 101)]
+    assert A.too_short(1, 10, 0.1) is False and A.too_short(0, 10, 0.1) is True
+    assert A.too_short(1599, 16000, 0.1) is True and A.too_short(1600, 16000, 0.1) is False
+
+
+def test_prepare_clip_target_rate_mono_16bit_is_untouched() -> None:
+    x = tone(0.3, 32000, 1)
+    data = encoded(x, 32000)
+    ref, _ = sf.read(io.BytesIO(data), dtype="int16")
+    clip = A.prepare_clip(data, 0, len(ref), 32000, 0.1)
+    np.testing.assert_array_equal(clip.pcm, ref)
+    assert not clip.silent
+
+
+def test_prepare_clip_downmixes_and_resamples_like_torchaudio() -> None:
+    x = tone(0.4, 22050, 3, seed=2)
+    data = encoded(x, 22050, "FLAC", "PCM_24")
+    dec, _ = sf.read(io.BytesIO(data), dtype="float32")
+    mono = dec.astype(np.float64).mean(axis=1)
+    ref = AF.resample(torch.from_numpy(mono)[None], 22050, 32000)[0].numpy()
+    clip = A.prepare_clip(data, 0, len(dec), 32000, 0.1)
+    assert len(clip.pcm) == int(np.ceil(len(dec) * 32000 / 22050))
+    np.testing.assert_allclose(A.from_pcm16(clip.pcm), ref, atol=0.5 / 32768 + 1e-12)
+
+
+def test_prepare_clip_segment_and_checks() -> None:
+    x = tone(1.0, 16000, 1)
+    data = encoded(x, 16000)
+    full, _ = sf.read(io.BytesIO(data), dtype="float32")
+    seg = A.prepare_clip(data, 8000, 12000, 16000, 0.1)
+    np.testing.assert_array_equal(seg.pcm, A.to_pcm16(full[8000:12000]))
+    bad = x.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(A.AudioReject) as e:
+        A.prepare_clip(encoded(bad, 16000, subtype="FLOAT"), 0, 16000, 16000, 0.1)
+    assert e.value.reason == "nan_inf"
+    with pytest.raises(A.AudioReject) as e:
+        A.prepare_clip(data, 0, 800, 16000, 0.1)
+    assert e.value.reason == "too_short"
+    quiet = A.prepare_clip(encoded(np.full((4000, 1), 1e-4, np.float32), 16000), 0, 4000, 16000, 0.1)
+    assert quiet.silent
+
+
+@given(st.lists(st.integers(-32768, 32767), min_size=1, max_size=400), st.sampled_from(["flac", "wav"]))
+def test_encode_decode_audio_exact(values: list[int], fmt: str) -> None:
+    pcm = np.array(values, np.int16)
+    x, sr = decode_audio(encode_audio(pcm, 16000, fmt), fmt)
+    assert sr == 16000 and x.dtype == np.float32
+    np.testing.assert_array_equal(A.to_pcm16(x), pcm)
+
+
+def test_iter_shard_reads_what_was_written(tmp_path) -> None:
+    pcms = [np.arange(n, dtype=np.int16) * 7 for n in (5, 9, 3)]
+    clips = [
+        (f"k{i}", encode_audio(p, 8000, "flac" if i % 2 else "wav"), "flac" if i % 2 else "wav", {"i": i})
+        for i, p in enumerate(pcms)
+    ]
+    path = tmp_path / "s.tar"
+    write_shard_file(path, clips)
+    got = list(iter_shard(path))
+    assert [c.key for c in got] == ["k0", "k1", "k2"] and [c.meta for c in got] == [
+        {"i": 0},
+        {"i": 1},
+        {"i": 2},
+    ]
+    for c, p in zip(got, pcms, strict=True):
+        assert c.sample_rate == 8000
+        np.testing.assert_array_equal(A.to_pcm16(c.audio), p)
+    again = tmp_path / "again.tar"
+    write_shard_file(again, clips)
+    assert again.read_bytes() == path.read_bytes()
