@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 
 
 def tmp_name(path: Path) -> Path:
-    """The temporary sibling used while ``path`` is being written (same filesystem)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """The temporary sibling used while ``path`` is being written (same filesystem).
+
+    Host and pid both go into the name: ranks on different nodes may share a pid and a filesystem."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
 @contextmanager

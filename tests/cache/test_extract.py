@@ -18,7 +18,8 @@ import zarr
 from click.testing import CliRunner
 
 from pipeline.cli import main as cli
-from ssondo_cache.extract import extract, plan_items
+from ssondo_cache.extract import extract
+from ssondo_cache.extract_items import plan_items
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import iter_shard
@@ -142,7 +143,7 @@ def test_cache_holds_pooled_teacher_windows(corpus: Path, reference: dict[str, n
 
 def test_int16_transport_equals_float_decoding(corpus: Path):
     """Workers ship int16 PCM and the device scales it: the same floats soundfile decodes."""
-    from ssondo_cache.extract import PCM16_SCALE, Segment, _decode_items
+    from ssondo_cache.extract_items import PCM16_SCALE, Segment, _decode_items
 
     path = Workspace(corpus).shard_path(1)
     want = list(iter_shard(path))
