@@ -1,0 +1,273 @@
+"""`ssondo eval`: linear probes (default) and `ssondo eval ts-sweep` (temporal-support sweep).
+
+`ssondo eval` is a group whose default subcommand is `probe`: `ssondo eval RUN --task ... --out R`
+is `ssondo eval probe RUN --task ... --out R`; `ssondo eval ts-sweep WORK ...` is the sweep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+PROBE_HELP = "Probe settings (EVAR protocol): StandardScaler on train, Adam, early stopping on valid."
+
+
+class DefaultGroup(click.Group):
+    """A group that runs ``default`` when the first argument is not one of its subcommands."""
+
+    default = "probe"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+def _options(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--teacher-option")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _probe_config(seeds: int, hidden: str, max_epochs: int, patience: int, lr: float):
+    from ssondo_eval.probe import ProbeConfig
+
+    widths = tuple(int(w) for w in hidden.split(",") if w.strip()) if hidden else ()
+    return ProbeConfig(
+        hidden=widths, lr=lr, max_epochs=max_epochs, patience=patience, seeds=tuple(range(seeds))
+    )
+
+
+def probe_options(f):
+    for opt in reversed(
+        [
+            click.option(
+                "--task",
+                "tasks",
+                multiple=True,
+                required=True,
+                metavar="NAME:PATH",
+                help="Task (repeatable): esc50:DIR, us8k:DIR, gtzan:DIR, nsynth:DIR, openmic:DIR, mtt:DIR, "
+                "fsd50k:DIR, folder:DIR, csv:FILE (or a bare .csv path), demo:DIR (every demo task).",
+            ),
+            click.option(
+                "--out",
+                type=click.Path(file_okay=False, path_type=Path),
+                required=True,
+                help="REPORT folder: results / sweep files, probe results, cached embeddings.",
+            ),
+            click.option(
+                "--device",
+                default="auto",
+                show_default=True,
+                help="auto (cuda if present), cpu or cuda[:N]; asking for cuda without one is an error.",
+            ),
+            click.option("--batch-size", default=32, show_default=True, help="Windows per model forward."),
+            click.option("--seeds", default=3, show_default=True, help=f"Probe seeds. {PROBE_HELP}"),
+            click.option(
+                "--hidden",
+                default="",
+                show_default=True,
+                help="Hidden widths of an MLP probe, e.g. 512 or 512,256; empty = linear probe.",
+            ),
+            click.option("--max-epochs", default=200, show_default=True, help="Probe epochs at most."),
+            click.option(
+                "--patience",
+                default=20,
+                show_default=True,
+                help="Stop after this many epochs without a better validation score (best weights kept).",
+            ),
+            click.option("--lr", default=1e-3, show_default=True, help="Probe Adam learning rate."),
+            click.option(
+                "--teacher-option",
+                "teacher_options",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Build option for the teacher (repeatable), e.g. --teacher-option dim=8.",
+            ),
+            click.option("--progress/--no-progress", default=True, show_default=True, help="Show tqdm bars."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+@click.group("eval", cls=DefaultGroup, invoke_without_command=False)
+def evaluate() -> None:
+    """Judge students: linear probes per task vs their teacher and a log-mel baseline (`ssondo eval [probe]`),
+    and the teacher's temporal-support sweep (`ssondo eval ts-sweep`). `ssondo eval RUN ...` means
+    `ssondo eval probe RUN ...`."""
+
+
+@evaluate.command("probe")
+@click.argument("runs", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--teacher",
+    default=None,
+    help="Teacher to evaluate live: registry name, hear:<module> or "
+    "py:<module>:<callable> (none: no live teacher).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The teacher's checkpoint file (none: the teacher's default weights).",
+)
+@click.option(
+    "--work",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Workspace whose teacher cache --cache names (for tasks whose audio is the packed corpus).",
+)
+@click.option(
+    "--cache",
+    default=None,
+    help="Evaluate the teacher straight from this cache of --work "
+    "(NAME as in `ssondo cache info`, e.g. ts10-hop10).",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(["logmel", "none"]),
+    default="logmel",
+    show_default=True,
+    help="Log-mel statistics baseline column (mean + std of 64 log-mel bands).",
+)
+@click.option(
+    "--ts",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Students: seconds per embedding window (a shorter clip is embedded whole); the clip "
+    "embedding is the mean over windows.",
+)
+@click.option(
+    "--teacher-ts",
+    default="full",
+    show_default=True,
+    help="Live teacher: temporal support in seconds (hop = TS, last window zero-padded, as in a "
+    "cache), or 'full' = the whole clip in one forward (the teacher chunks it itself).",
+)
+@click.option(
+    "--embedding-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where (model, task) embeddings are cached [default: REPORT/embeddings].",
+)
+@probe_options
+def probe(
+    runs,
+    teacher,
+    checkpoint,
+    work,
+    cache,
+    baseline,
+    ts,
+    teacher_ts,
+    embedding_cache,
+    tasks,
+    out,
+    device,
+    batch_size,
+    seeds,
+    hidden,
+    max_epochs,
+    patience,
+    lr,
+    teacher_options,
+    progress,
+) -> None:
+    """Probe student RUNs (folders holding student.pt, or the files), a teacher and the baseline on every
+    --task; write REPORT/results.json, results.md (per task, average, student % of teacher) and results.png."""
+    from ssondo_eval.evaluate import run_evaluation
+
+    try:
+        report = run_evaluation(
+            list(runs),
+            list(tasks),
+            out,
+            teacher=teacher,
+            checkpoint=checkpoint,
+            work=work,
+            cache=cache,
+            baseline=baseline,
+            ts=ts,
+            teacher_ts=teacher_ts,
+            device=device,
+            batch_size=batch_size,
+            probe_config=_probe_config(seeds, hidden, max_epochs, patience, lr),
+            cache_dir=embedding_cache,
+            teacher_options=_options(teacher_options),
+            progress=progress,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"eval: {len(report['models'])} model(s) x {len(report['tasks'])} task(s) -> {out / 'results.md'}"
+    )
+
+
+@evaluate.command("ts-sweep")
+@click.argument("work", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--teacher", required=True, help="Teacher: registry name, hear:<module> or py:<module>:<callable>."
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The teacher's checkpoint file (none: the teacher's default weights).",
+)
+@click.option(
+    "--ts",
+    required=True,
+    help="Comma-separated temporal supports in seconds, e.g. 0.5,1,2,5,10 ('full' = one window per clip).",
+)
+@click.option("--hop", type=float, default=None, help="Hop in seconds for every TS [default: hop = TS].")
+@probe_options
+def ts_sweep(
+    work,
+    teacher,
+    checkpoint,
+    ts,
+    hop,
+    tasks,
+    out,
+    device,
+    batch_size,
+    seeds,
+    hidden,
+    max_epochs,
+    patience,
+    lr,
+    teacher_options,
+    progress,
+) -> None:
+    """For each TS, embed the tasks' audio with the teacher (reusing WORK's caches when the task audio is
+    WORK's packed corpus), probe, and report score, embedding count, teacher seconds and peak memory:
+    REPORT/ts_sweep.json, ts_sweep.md, ts_sweep.png. WORK may be a folder without caches."""
+    from ssondo_eval.ts_sweep import run_ts_sweep
+
+    try:
+        report = run_ts_sweep(
+            work if work.exists() else None,
+            teacher,
+            ts,
+            list(tasks),
+            out,
+            checkpoint=checkpoint,
+            hop=hop,
+            device=device,
+            batch_size=batch_size,
+            probe_config=_probe_config(seeds, hidden, max_epochs, patience, lr),
+            progress=progress,
+            **_options(teacher_options),
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"ts-sweep: {len(report['rows'])} (TS, task) rows -> {out / 'ts_sweep.md'}")

@@ -1,0 +1,337 @@
+"""Probe every (model, task) pair and write the report: REPORT/results.json, results.md, results.png.
+
+The table reads like the paper's: one row per task, one column per model (teachers, students, the
+log-mel baseline), an Average row, and for each student the share of its teacher's score it keeps
+("% of teacher": per task 100 x student / teacher; overall 100 x student average / teacher average).
+A student's teacher is the evaluated teacher with the same ``teacher_id`` as the student's checkpoint.
+A task on which no teacher beats the log-mel baseline is flagged: it says nothing about the embeddings.
+
+Embeddings are cached per (model, task) under ``cache_dir`` and probe results per (embeddings, probe
+settings) under ``REPORT/probes/``, so re-running a finished report only re-reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ssondo_cache.atomic import write_bytes, write_json, write_text
+from ssondo_cache.provenance import code_version, now_iso
+from ssondo_eval.embedders import Embedder, embed_task
+from ssondo_eval.probe import ProbeConfig, probe_folds
+from ssondo_eval.tasks.base import Task
+
+
+def probe_pair(
+    embedder: Embedder, task: Task, out: Path, cache_dir: Path, config: ProbeConfig, progress: bool
+) -> dict:
+    """Embeddings (cached) + probe (cached) for one (model, task); returns the probe result dict."""
+    key = hashlib.sha256(
+        json.dumps(
+            [embedder.cache_id, task.fingerprint(), asdict(config)], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:16]
+    path = out / "probes" / embedder.cache_id / f"{task.name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    X, info = embed_task(embedder, task, cache_dir, progress=progress)
+    result = probe_folds(
+        X,
+        task.targets(),
+        task.folds(),
+        multilabel=task.multilabel,
+        n_classes=len(task.classes),
+        config=config,
+        progress=progress,
+    ).to_dict()
+    result["embedding"] = {"dim": int(X.shape[1]), "compute": info.get("compute", {})}
+    write_json(path, result)
+    return result
+
+
+def _labels(models: list[Embedder]) -> list[str]:
+    """Unique column labels (a repeated name gets #2, #3 ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for m in models:
+        seen[m.name] = seen.get(m.name, 0) + 1
+        out.append(m.name if seen[m.name] == 1 else f"{m.name} #{seen[m.name]}")
+    return out
+
+
+def summarise(models: list[Embedder], labels: list[str], tasks: list[Task], scores: dict) -> dict:
+    """Averages, retention of each student vs its teacher, and which tasks are informative."""
+    names = [t.name for t in tasks]
+    average = {lab: sum(scores[lab][t]["mean"] for t in names) / len(names) for lab in labels}
+    teachers = {m.teacher_id: lab for m, lab in zip(models, labels, strict=True) if m.kind == "teacher"}
+    retention = {}
+    for m, lab in zip(models, labels, strict=True):
+        if m.kind != "student":
+            continue
+        t_lab = teachers.get(m.teacher_id)
+        if t_lab is None:
+            retention[lab] = {
+                "teacher": None,
+                "teacher_id": m.teacher_id,
+                "note": "its teacher was not evaluated in this report",
+            }
+            continue
+        per_task = {
+            t: 100.0 * scores[lab][t]["mean"] / scores[t_lab][t]["mean"]
+            if scores[t_lab][t]["mean"] > 0
+            else None
+            for t in names
+        }
+        retention[lab] = {
+            "teacher": t_lab,
+            "teacher_id": m.teacher_id,
+            "per_task": per_task,
+            "average": 100.0 * average[lab] / average[t_lab] if average[t_lab] > 0 else None,
+        }
+    baselines = [lab for m, lab in zip(models, labels, strict=True) if m.kind == "baseline"]
+    informative = {}
+    if baselines and teachers:
+        for t in names:
+            best_base = max(scores[b][t]["mean"] for b in baselines)
+            informative[t] = any(scores[lab][t]["mean"] > best_base for lab in teachers.values())
+    return {"average": average, "retention": retention, "informative": informative}
+
+
+def _cell(entry: dict) -> str:
+    ci = entry.get("ci95")
+    return f"{100 * entry['mean']:.1f} ± {100 * ci:.1f}" if ci is not None else f"{100 * entry['mean']:.1f}"
+
+
+def results_markdown(report: dict) -> str:
+    labels = [m["label"] for m in report["models"]]
+    tasks = report["tasks"]
+    students = [
+        lab for lab in labels if lab in report["retention"] and report["retention"][lab].get("teacher")
+    ]
+    head = ["task", "metric", *labels, *[f"{s}: % of teacher" for s in students]]
+    lines = [
+        f"# ssondo evaluation — {report['created']}",
+        "",
+        f"Linear probe ({'linear' if not report['probe']['hidden'] else 'MLP ' + str(report['probe']['hidden'])}, "
+        f"{len(report['probe']['seeds'])} seeds, early stopping on validation, patience "
+        f"{report['probe']['patience']}, at most {report['probe']['max_epochs']} epochs). Scores in %: mean ± 95 % "
+        "CI half width (t-distribution over seeds).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    flagged = []
+    for t in tasks:
+        name = t["name"]
+        mark = ""
+        if report["informative"].get(name) is False:
+            mark = " †"
+            flagged.append(name)
+        row = [name + mark, t["metric"], *[_cell(report["scores"][lab][name]) for lab in labels]]
+        for s in students:
+            pct = report["retention"][s]["per_task"][name]
+            row.append("–" if pct is None else f"{pct:.1f} %")
+        lines.append("| " + " | ".join(row) + " |")
+    avg = ["**Average**", "", *[f"**{100 * report['average'][lab]:.1f}**" for lab in labels]]
+    for s in students:
+        pct = report["retention"][s]["average"]
+        avg.append("–" if pct is None else f"**{pct:.1f} %**")
+    lines += ["| " + " | ".join(avg) + " |", ""]
+    if flagged:
+        lines += [
+            f"† no teacher beats the log-mel statistics baseline on {', '.join(flagged)}: "
+            "those scores say nothing about what the embeddings add.",
+            "",
+        ]
+    for lab, r in report["retention"].items():
+        if not r.get("teacher"):
+            lines += [f"{lab}: no retention figure, {r['note']} (teacher_id {r['teacher_id']}).", ""]
+    lines += [
+        "## Tasks",
+        "",
+        "| task | items | classes | clip (s) | protocol | splits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in tasks:
+        clip = "whole file" if t["clip_seconds"] is None else f"{t['clip_seconds']:g}"
+        splits = ", ".join(f"{k} {v}" for k, v in t["splits"].items())
+        lines.append(
+            f"| {t['name']} | {t['n_items']} | {t['n_classes']} | {clip} | {t['protocol']} | {splits} |"
+        )
+    lines += ["", "## Models", ""]
+    for m in report["models"]:
+        lines.append(f"- **{m['label']}** ({m['kind']}): `{m['cache_id']}`")
+    return "\n".join(lines) + "\n"
+
+
+def results_chart(report: dict, path: Path) -> None:
+    """Grouped bars: one group per task (and the average), one bar per model, 95 % CI error bars."""
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    labels = [m["label"] for m in report["models"]]
+    tasks = [t["name"] for t in report["tasks"]]
+    groups = [*tasks, "average"]
+    width = 0.8 / len(labels)
+    fig = Figure(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(labels)) / 2), 4.0), dpi=100)
+    ax = fig.subplots()
+    x = np.arange(len(groups))
+    for i, lab in enumerate(labels):
+        means = [100 * report["scores"][lab][t]["mean"] for t in tasks] + [100 * report["average"][lab]]
+        errs = [100 * (report["scores"][lab][t]["ci95"] or 0) for t in tasks] + [0.0]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=lab)
+    ax.set_xticks(x, groups, rotation=20, ha="right")
+    ax.set_ylim(0, 100)  # a 3-seed t interval can reach past 0 or 100: the axis keeps the score's range
+    ax.set_ylabel("score (%): accuracy or mAP")
+    ax.set_title("linear-probe scores per task")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes(path, buf.getvalue())
+
+
+def evaluate(
+    models: list[Embedder],
+    tasks: list[Task],
+    out: str | Path,
+    probe_config: ProbeConfig | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Probe every model on every task; write REPORT/results.{json,md,png}; return the report dict.
+
+    ``cache_dir`` holds the per-(model, task) embeddings (default ``REPORT/embeddings``)."""
+    if not models or not tasks:
+        raise ValueError("evaluate needs at least one model and one task")
+    out = Path(out)
+    config = probe_config or ProbeConfig()
+    cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
+    labels = _labels(models)
+    scores: dict[str, dict[str, dict]] = {lab: {} for lab in labels}
+    pairs = [(m, lab, t) for m, lab in zip(models, labels, strict=True) for t in tasks]
+    for m, lab, t in tqdm(pairs, desc="eval", disable=not progress):
+        scores[lab][t.name] = probe_pair(m, t, out, cache_dir, config, progress)
+    report = {
+        "created": now_iso(),
+        "code_version": code_version(),
+        "probe": asdict(config),
+        "tasks": [t.describe() for t in tasks],
+        "models": [{"label": lab, **m.describe()} for m, lab in zip(models, labels, strict=True)],
+        "scores": scores,
+        **summarise(models, labels, tasks, scores),
+    }
+    previous = read_json(out / "results.json")
+    if previous is not None and same_report(previous, report) and (out / "results.png").is_file():
+        return previous  # a finished report re-run: nothing changed, nothing rewritten
+    write_json(out / "results.json", report)
+    write_text(out / "results.md", results_markdown(report))
+    results_chart(report, out / "results.png")
+    return report
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def same_report(a: dict, b: dict) -> bool:
+    """Equal but for when and by which code version they were written."""
+
+    def strip(r: dict) -> str:
+        return json.dumps(
+            {k: v for k, v in r.items() if k not in ("created", "code_version")}, sort_keys=True, default=str
+        )
+
+    return strip(a) == strip(b)
+
+
+def build_models(
+    runs: list[str | Path] = (),
+    teacher: str | None = None,
+    checkpoint: str | Path | None = None,
+    work: str | Path | None = None,
+    cache: str | None = None,
+    baseline: str | None = "logmel",
+    ts: float = 10.0,
+    teacher_ts: float | str | None = "full",
+    device: str = "auto",
+    batch_size: int = 32,
+    teacher_options: dict | None = None,
+) -> list[Embedder]:
+    """The models of a report, in column order: teacher (live, or from WORK's cache), students, baseline.
+
+    ``ts``: the students' window (s); ``teacher_ts``: the live teacher's TS ("full" = the whole clip, which
+    the teacher chunks itself, as EVAR feeds it)."""
+    from ssondo_eval.embedders import (
+        CachedTeacherEmbedder,
+        LogMelStatsEmbedder,
+        StudentEmbedder,
+        TeacherEmbedder,
+    )
+
+    models: list[Embedder] = []
+    if cache is not None:
+        if work is None:
+            raise ValueError("--cache needs --work (the workspace holding the cache)")
+        models.append(CachedTeacherEmbedder(work, cache))
+    if teacher is not None:
+        models.append(
+            TeacherEmbedder(
+                teacher,
+                checkpoint=checkpoint,
+                ts=teacher_ts,
+                device=device,
+                batch_size=batch_size,
+                **(teacher_options or {}),
+            )
+        )
+    elif checkpoint is not None:
+        raise ValueError("--checkpoint is the teacher's: give --teacher NAME with it")
+    models += [StudentEmbedder(r, ts=float(ts), device=device, batch_size=batch_size) for r in runs]
+    if baseline == "logmel":
+        models.append(LogMelStatsEmbedder())
+    elif baseline not in (None, "none"):
+        raise ValueError(f"unknown baseline {baseline!r}; known: logmel, none")
+    if not models:
+        raise ValueError(
+            "nothing to evaluate: give student RUNs, --teacher NAME, --cache NAME or --baseline logmel"
+        )
+    return models
+
+
+def run_evaluation(
+    runs: list[str | Path],
+    task_specs: list[str],
+    out: str | Path,
+    *,
+    teacher: str | None = None,
+    checkpoint: str | Path | None = None,
+    work: str | Path | None = None,
+    cache: str | None = None,
+    baseline: str | None = "logmel",
+    ts: float = 10.0,
+    teacher_ts: float | str | None = "full",
+    device: str = "auto",
+    batch_size: int = 32,
+    probe_config: ProbeConfig | None = None,
+    cache_dir: str | Path | None = None,
+    teacher_options: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Everything ``ssondo eval`` does: build the tasks and the models, probe, write the report."""
+    from ssondo_eval.tasks import load_tasks
+
+    tasks = load_tasks(list(task_specs))
+    models = build_models(
+        runs, teacher, checkpoint, work, cache, baseline, ts, teacher_ts, device, batch_size, teacher_options
+    )
+    return evaluate(models, tasks, out, probe_config=probe_config, cache_dir=cache_dir, progress=progress)

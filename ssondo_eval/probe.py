@@ -1,0 +1,298 @@
+"""Linear probe on frozen clip embeddings, following the EVAR protocol MATPAC and M2D report.
+
+Per split: a StandardScaler fitted on the training rows only, one linear layer (or a small MLP), Adam,
+up to ``max_epochs`` epochs with early stopping on the validation split (patience ``patience``; the
+weights of the best validation epoch are restored), softmax cross-entropy for single-label tasks and
+BCE for multi-label ones. Scores: accuracy or macro mAP. Repeated over seeds; reported as the mean
+and a 95 % confidence interval from the t-distribution. The test rows are only ever scored, once,
+with the weights chosen on validation: they never pick an epoch, a class list or a scaler.
+
+Labels:
+- single-label: ``y`` int64 (N,) class indices;
+- multi-label: ``y`` float32 (N, C) in {0, 1}, NaN where a label was not annotated (OpenMIC):
+  such entries count neither in the loss nor in the AP of that class.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+
+@dataclass
+class ProbeConfig:
+    hidden: tuple[int, ...] = ()  # () = linear probe; (512,) = one hidden layer MLP
+    lr: float = 1e-3
+    weight_decay: float = 1e-8  # EVAR's tiny L2
+    batch_size: int = 256  # a split smaller than this trains full-batch
+    max_epochs: int = 200
+    patience: int = 20
+    seeds: tuple[int, ...] = (0, 1, 2)
+    val_fraction: float = 0.1  # carved from the training rows when a split has no validation part
+
+
+@dataclass
+class SplitResult:
+    test_score: float
+    val_score: float
+    best_epoch: int  # 0-based epoch whose weights were kept
+    epochs_run: int
+
+
+@dataclass
+class ProbeResult:
+    metric: str  # "accuracy" | "mAP"
+    scores: list[float]  # one per seed (mean over folds when the task has folds)
+    mean: float
+    ci95: float | None  # half width of the 95 % t interval; None with a single seed
+    splits: list[list[SplitResult]] = field(default_factory=list)  # [seed][fold]
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "scores": self.scores,
+            "mean": self.mean,
+            "ci95": self.ci95,
+            "splits": [[vars(s) for s in per_seed] for per_seed in self.splits],
+        }
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """Mean and half width of the two-sided t confidence interval (None for fewer than two values)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None
+    sem = x.std(ddof=1) / math.sqrt(x.size)
+    t = stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)
+    return mean, float(t * sem)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    """logits (N, C), y (N,) int -> fraction of argmax hits."""
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
+    """AP = sum over thresholds of (R_n - R_{n-1}) * P_n, tied scores forming one threshold.
+
+    The same definition as sklearn's ``average_precision_score``, vectorised: the probe scores validation
+    mAP every epoch, and sklearn's per-call overhead dominated multi-label probes."""
+    order = np.argsort(-score, kind="mergesort")
+    s, t = score[order], truth[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last row of each run of equal scores
+    tp = np.cumsum(t)[last]
+    fp = (last + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def macro_map(scores: np.ndarray, y: np.ndarray) -> float:
+    """scores (N, C), y (N, C) in {0,1} with NaN = unannotated -> mean AP over classes.
+
+    A class counts only where its annotated rows hold at least one positive and one negative
+    (AP is undefined otherwise).
+    """
+    aps = []
+    for c in range(y.shape[1]):
+        known = ~np.isnan(y[:, c])
+        truth = y[known, c]
+        if truth.size == 0 or truth.min() == truth.max():
+            continue
+        aps.append(average_precision(truth, scores[known, c]))
+    if not aps:
+        raise ValueError("no class has both positive and negative annotated examples: mAP is undefined")
+    return float(np.mean(aps))
+
+
+def _build_model(dim: int, n_out: int, hidden: tuple[int, ...]) -> nn.Module:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(dim, width), nn.ReLU(), nn.Dropout(0.5)]
+        dim = width
+    layers.append(nn.Linear(dim, n_out))
+    return nn.Sequential(*layers)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    if not multilabel:
+        return F.cross_entropy(logits, y)  # logits (B, C), y (B,) int
+    known = ~torch.isnan(y)  # (B, C)
+    bce = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), reduction="none")
+    return (bce * known).sum() / known.sum().clamp(min=1)
+
+
+def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
+    return macro_map(logits, y) if multilabel else accuracy(logits, y)
+
+
+def _forward_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def fit_and_score(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    multilabel: bool,
+    n_classes: int,
+    config: ProbeConfig,
+    seed: int,
+) -> SplitResult:
+    """Train one probe with one seed on one split; score the restored best epoch on test."""
+    scaler = StandardScaler().fit(X_train)  # statistics of the training rows only
+
+    def prep(X: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(scaler.transform(X).astype(np.float32))
+
+    xtr, xva, xte = prep(X_train), prep(X_val), prep(X_test)
+    ytr = torch.from_numpy(y_train.astype(np.float32 if multilabel else np.int64))
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = _build_model(xtr.shape[1], n_classes, tuple(config.hidden))
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = xtr.shape[0]
+    bs = min(config.batch_size, n)
+
+    best = (-math.inf, math.inf)  # (val score, val loss): higher score wins, ties go to lower loss
+    best_state, best_epoch, epoch = copy.deepcopy(model.state_dict()), 0, 0
+    for epoch in range(config.max_epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            loss = _loss(model(xtr[idx]), ytr[idx], multilabel)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        val_logits = _forward_all(model, xva)
+        val_score = _score(val_logits, y_val, multilabel)
+        yv = torch.from_numpy(y_val.astype(np.float32 if multilabel else np.int64))
+        val_loss = float(_loss(torch.from_numpy(val_logits), yv, multilabel))
+        if val_score > best[0] or (val_score == best[0] and val_loss < best[1]):
+            best, best_epoch = (val_score, val_loss), epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    test_score = _score(_forward_all(model, xte), y_test, multilabel)
+    return SplitResult(test_score=test_score, val_score=best[0], best_epoch=best_epoch, epochs_run=epoch + 1)
+
+
+def carve_validation(
+    train_idx: np.ndarray, y: np.ndarray, fraction: float, seed: int, multilabel: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split training rows into (train, val) when a task gives no validation split.
+
+    Single-label: stratified, at least one row per class that has two or more rows. Multi-label: random.
+    Uses only training rows, so the test rows never influence the choice of epoch.
+    """
+    rng = np.random.default_rng(seed)
+    train_idx = np.asarray(train_idx)
+    if multilabel:
+        perm = rng.permutation(train_idx)
+        n_val = max(1, round(fraction * len(perm)))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    val: list[int] = []
+    for c in np.unique(y[train_idx]):
+        rows = rng.permutation(train_idx[y[train_idx] == c])
+        if len(rows) >= 2:
+            val.extend(rows[: max(1, round(fraction * len(rows)))].tolist())
+    val_arr = np.array(sorted(val), dtype=np.int64)
+    return np.setdiff1d(train_idx, val_arr), val_arr
+
+
+def run_probe(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    multilabel: bool = False,
+    n_classes: int | None = None,
+    config: ProbeConfig | None = None,
+) -> ProbeResult:
+    """Probe one (train, val, test) split with every seed of ``config``."""
+    X = np.concatenate([X_train, X_val, X_test])
+    y = np.concatenate([y_train, y_val, y_test])
+    a, b = len(X_train), len(X_train) + len(X_val)
+    fold = (np.arange(a), np.arange(a, b), np.arange(b, len(X)))
+    return probe_folds(X, y, [fold], multilabel=multilabel, n_classes=n_classes, config=config)
+
+
+def probe_folds(
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+    *,
+    multilabel: bool = False,
+    n_classes: int | None = None,
+    config: ProbeConfig | None = None,
+    progress: bool = False,
+) -> ProbeResult:
+    """Probe every (train, val, test) row-index triple with every seed.
+
+    A fold whose val is None (or empty) gets ``config.val_fraction`` of its training rows as validation
+    (EVAR does the same for cross-validated tasks). Per seed the score is the mean over folds; the
+    confidence interval is over seeds.
+    """
+    config = config or ProbeConfig()
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"expected X (N, D) and y with N rows, got X {X.shape} and y {np.shape(y)}")
+    if not np.isfinite(X).all():
+        raise ValueError("embeddings contain NaN or inf: refusing to probe them")
+    if n_classes is None:
+        n_classes = y.shape[1] if multilabel else int(y.max()) + 1
+    per_seed, splits = [], []
+    jobs = [(s, f) for s in config.seeds for f in range(len(folds))]
+    results: dict[tuple[int, int], SplitResult] = {}
+    for seed, f in tqdm(jobs, desc="probe", disable=not progress, leave=False):
+        train_idx, val_idx, test_idx = folds[f]
+        if val_idx is None or len(val_idx) == 0:
+            train_idx, val_idx = carve_validation(train_idx, y, config.val_fraction, seed, multilabel)
+        if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
+            raise ValueError(
+                f"fold {f}: empty split (train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)})"
+            )
+        results[seed, f] = fit_and_score(
+            X[train_idx],
+            y[train_idx],
+            X[val_idx],
+            y[val_idx],
+            X[test_idx],
+            y[test_idx],
+            multilabel=multilabel,
+            n_classes=n_classes,
+            config=config,
+            seed=seed,
+        )
+    for seed in config.seeds:
+        row = [results[seed, f] for f in range(len(folds))]
+        splits.append(row)
+        per_seed.append(float(np.mean([r.test_score for r in row])))
+    mean, ci = mean_ci(per_seed)
+    return ProbeResult(
+        metric="mAP" if multilabel else "accuracy", scores=per_seed, mean=mean, ci95=ci, splits=splits
+    )
