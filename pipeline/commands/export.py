@@ -1,0 +1,82 @@
+"""`ssondo export`: RUN/student.pt -> a verified TorchScript / ONNX file (+ .json) with its CPU latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ssondo_distill.export import FORMATS, WHATS, export_student
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    required=True,
+    help="onnx: runs in onnxruntime (no torch needed); torchscript: runs with torch.jit.load.",
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Dynamic int8 quantisation of the Linear layers (checked: cosine to fp32 >= 0.99).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Export file (default RUN/export/student-<what>[-int8].onnx|.ts.pt); <out>.json is written beside it.",
+)
+@click.option(
+    "--what",
+    type=click.Choice(WHATS),
+    default="embedding",
+    help="embedding: the backbone embedding for downstream use; projection: the head's teacher-space output.",
+)
+@click.option(
+    "--clip-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    help="Clip length to trace, verify and time with (the export accepts other lengths when its JSON says so).",
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=10, help="Timed runs per model; the median is reported."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    help="CPU threads while timing, eager and export alike.",
+)
+def export(
+    run: Path,
+    fmt: str,
+    int8: bool,
+    out: Path | None,
+    what: str,
+    clip_seconds: float,
+    repeats: int,
+    threads: int,
+) -> None:
+    """Export the student of RUN (a training RUN folder, or a student.pt) for deployment: raw 32 kHz
+    audio in, embedding out, front-end included.
+
+    The export is checked against the eager model before it is written and timed on CPU; a
+    finished export of the same checkpoint with the same options is left as it is.
+    """
+    try:
+        result = export_student(
+            run,
+            fmt,
+            int8=int8,
+            out=out,
+            clip_seconds=clip_seconds,
+            what=what,
+            repeats=repeats,
+            threads=threads,
+        )
+    except (ValueError, OSError, RuntimeError) as err:  # bad input, no checkpoint, export or check failed
+        raise click.ClickException(str(err)) from err
+    click.echo(result.summary())

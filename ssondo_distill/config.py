@@ -1,0 +1,102 @@
+"""The training configuration: one typed dataclass, loadable from YAML/JSON, overridable by CLI
+flags, unknown keys rejected (ssondo_cache.typed_config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssondo_cache.typed_config import ConfigError, from_dict, load_config
+from ssondo_distill.schedule import ScheduleConfig
+
+TARGETS = ("clip", "window")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    work: Path | None = None  # WORK folder (shards, manifests, cache)
+    cache: str = ""  # cache NAME: <teacher_id>/ts<TS>-hop<HOP> or a unique suffix (e.g. ts10-hop10)
+    teacher: str | None = None  # expected teacher (registry name); a cache of another teacher is refused
+    manifest: str = "random"  # random (uniform) | a manifest name in WORK/manifests (balanced-k50) | a path
+    target: str = "clip"  # clip: the clip embedding; window: one TS window (audio cropped to it)
+    clip_seconds: float = 10.0  # audio length for target=clip (random crop, zero pad)
+    out: Path | None = None  # RUN folder
+    # what to train
+    student: str = "mobilenetv3"
+    student_options: dict[str, Any] = field(default_factory=dict)  # e.g. {width_mult: 1.0}
+    frontend: dict[str, Any] = field(default_factory=dict)  # StudentFrontEnd options (paper's KD log-mel)
+    loss: str = "cosine"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    # optimisation
+    seed: int = 0
+    epochs: int = 200
+    samples_per_epoch: int = 100_000
+    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
+    batch_size: int = 120  # global: split evenly over ranks
+    lr: float = 8e-4  # peak learning rate (Adam)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 5.0  # max gradient norm; null = no clipping
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mixup_alpha: float = 0.3  # Beta(a, a) mixup of audio and of the loss; 0 = off
+    augment: dict[str, Any] = field(default_factory=dict)  # SpecAugment options; {} = augment defaults
+    # data path
+    shuffle_buffer: int = 1000  # samples per shuffle window, per reader
+    num_workers: int = 4  # data-loader workers per rank (0 = in the training process)
+    val_clips: int = 256  # held-out clips (excluded from training) for the validation cosine
+    # bookkeeping
+    val_every: int = 500  # steps between validations (also at the start and the end)
+    log_every: int = 20  # steps between metrics lines
+    checkpoint_every: int = 500  # steps between checkpoints (also one at the end)
+    keep_checkpoints: int = 2
+    device: str = "auto"  # auto | cpu | cuda (cuda without a GPU is an error)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the student
+    resume: bool = False  # continue the run in `out` exactly where its last checkpoint stopped
+    dry_run: bool = False  # build the student, print parameter counts, train nothing
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.samples_per_epoch >= 1, f"samples_per_epoch must be >= 1, got {self.samples_per_epoch}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0, got {self.mixup_alpha}"),
+            (self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}"),
+            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.val_clips >= 0, f"val_clips must be >= 0, got {self.val_clips}"),
+            (min(self.val_every, self.log_every, self.checkpoint_every, self.keep_checkpoints) >= 1,
+             "val_every, log_every, checkpoint_every and keep_checkpoints must be >= 1"),
+            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or null, got {self.grad_clip}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"TrainConfig: {message}")
+
+    def require_paths(self) -> None:
+        """`work`, `cache` and `out` have no sensible default: say which one is missing."""
+        missing = [name for name in ("work", "cache", "out") if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"TrainConfig: missing {', '.join(missing)} (give them in the config file or as flags)")
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from a YAML/JSON file (or defaults when ``path`` is None); non-None
+    ``overrides`` (CLI flags) win over the file."""
+    if path is not None:
+        return load_config(TrainConfig, path, overrides)
+    return from_dict(TrainConfig, {k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def shipped_configs() -> list[Path]:
+    """The paper settings and the CPU demo shipped in configs/ (next to the packages)."""
+    return sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))

@@ -1,0 +1,176 @@
+"""The trainer: exact resume after SIGKILL, DDP (gloo, 2 processes) vs one process, refusals,
+no-op re-runs, the RUN folder, dry run. Tiny students on a tiny packed corpus (see test_stream)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ssondo_cache.typed_config import ConfigError, to_dict
+from ssondo_distill.checkpoint import CheckpointMismatch, load_student
+from ssondo_distill.config import TrainConfig, load_train_config
+from ssondo_distill.stream import BalancedStream, StreamConfig, open_training_data
+from ssondo_distill.students.dymn import TemperatureSchedule
+from ssondo_distill.trainer import batch_loss, build_parts, train
+from tests.distill.test_stream import make_corpus, write_cache
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = "tiny-000000000000/ts0.25-hop0.25"
+FRONTEND = {"sample_rate": 8000, "n_fft": 256, "win_length": 256, "hop_length": 64, "n_mels": 64,
+            "f_min": 50.0, "f_max": 4000.0}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trainer")
+    w = make_corpus(root, n_clips=40, shard_size=4, dim=8)
+    write_cache(w, "wide", 16, 4)
+    return w
+
+
+def tiny_cfg(work: Path, out: Path, **over) -> TrainConfig:
+    base = dict(work=str(work), cache=CACHE, out=str(out), student="mn04", frontend=FRONTEND, clip_seconds=0.5,
+                epochs=3, samples_per_epoch=40, batch_size=8, num_workers=0, val_clips=8, val_every=4,
+                log_every=2, checkpoint_every=3, shuffle_buffer=16, device="cpu", lr=3e-3, mixup_alpha=0.3,
+                augment={"freq_mask": 8, "time_mask": 10}, seed=7,
+                schedule={"warmup_epochs": 0.5, "rampdown_start": 1.0, "rampdown_epochs": 2.0, "last_value": 0.1})
+    return load_train_config(None, {**base, **over})
+
+
+def _run_subprocess(cfg: TrainConfig, path: Path) -> subprocess.Popen:
+    path.write_text(json.dumps(to_dict(cfg)))
+    code = ("import sys, torch; torch.set_num_threads(1); from ssondo_distill.config import load_train_config; "
+            "from ssondo_distill.trainer import train; train(load_train_config(sys.argv[1]), progress=False)")
+    return subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stderr=subprocess.PIPE)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the subprocess of the kill test uses one too (float reductions then
+    match bit for bit), and tiny convolutions only lose from threads on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_end_bitwise_equal(work, tmp_path):
+    killed = tiny_cfg(work, tmp_path / "killed")
+    proc = _run_subprocess(killed, tmp_path / "killed.json")
+    ref = train(tiny_cfg(work, tmp_path / "ref"), progress=False)  # uninterrupted, meanwhile
+    deadline = time.time() + 240
+    ckpts = tmp_path / "killed" / "checkpoints"
+    while not (ckpts.is_dir() and any(ckpts.glob("step-*.pt"))):  # first checkpoint: step 3, mid-epoch 0
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "student.pt").exists()
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(killed, progress=False)
+    resumed = train(tiny_cfg(work, tmp_path / "killed", resume=True), progress=False)
+    assert resumed.resumed_from % 5 != 0 and resumed.steps == ref.steps == 15  # resumed mid-epoch
+    a, b = _weights(tmp_path / "ref" / "student.pt"), _weights(tmp_path / "killed" / "student.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor)), "resume is not exact"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 15  # no duplicated lines from the killed attempt
+
+
+def test_run_folder_noop_rerun_and_refusals(work, tmp_path):
+    cfg = tiny_cfg(work, tmp_path / "run", epochs=2)
+    result = train(cfg, progress=False)
+    run = tmp_path / "run"
+    assert result.steps == 10 and result.val_cosine_distance < result.val_cosine_distance_init
+    assert 0 < result.val_mean_baseline < 1
+    provenance = json.loads((run / "config.json").read_text())
+    assert provenance["teacher_id"] == "tiny-000000000000" and provenance["ts"] == 0.25
+    assert provenance["manifest"] == "random" and provenance["student"] == "mn04"
+    assert provenance["loss"] == "cosine" and provenance["seed"] == 7 and provenance["cache"] == CACHE
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "samples_per_s"} <= set(lines[1]) and lines[0]["step"] == 0
+    model, meta = load_student(run / "student.pt", expect_student="mn04", expect_teacher_dim=8)
+    assert model(torch.zeros(2, 4000)).shape == (2, 8) and meta["teacher_id"] == "tiny-000000000000"
+    # a finished run re-run with the same settings is a no-op
+    stamp = (run / "student.pt").stat().st_mtime_ns
+    again = train(cfg, progress=False)
+    assert again.steps == 10 and (run / "student.pt").stat().st_mtime_ns == stamp
+    # ... and with other settings it is refused, naming the difference
+    with pytest.raises(CheckpointMismatch, match="lr: 0.003 there, 0.001 now"):
+        train(tiny_cfg(work, tmp_path / "run", epochs=2, lr=1e-3), progress=False)
+    # a checkpoint of another student, or for another teacher dimension, is refused naming both
+    (run / "result.json").unlink()
+    with pytest.raises(CheckpointMismatch, match="student 'mn04' for a 8-d teacher.*student 'mn05' for a 8-d"):
+        train(tiny_cfg(work, run, epochs=2, student="mn05", resume=True), progress=False)
+    with pytest.raises(CheckpointMismatch, match="8-d teacher.*16-d teacher"):
+        train(tiny_cfg(work, run, epochs=2, cache="wide-000000000000/ts0.25-hop0.25", resume=True), progress=False)
+    with pytest.raises(ValueError, match=r"too few shards: epoch 0 reads \d+ tar shard\(s\) for 1 rank\(s\) x 12 "):
+        train(tiny_cfg(work, tmp_path / "y", num_workers=12), progress=False)
+    with pytest.raises(ConfigError, match="cluster_contrastive needs clusters"):
+        train(tiny_cfg(work, tmp_path / "x", loss="cluster_contrastive"), progress=False)
+
+
+def test_dymn_temperature_follows_the_schedule_and_dry_run(work, tmp_path):
+    cfg = tiny_cfg(work, tmp_path / "dymn", student="dymn04", epochs=1, max_steps=3, val_clips=0,
+                   mixup_alpha=0.0, checkpoint_every=100)
+    train(cfg, progress=False)
+    state = _weights(tmp_path / "dymn" / "student.pt")
+    # set_step runs before each step: the last step (index 2 of 5 per epoch) set epoch 0.4
+    assert state["_extra_state"]["temperature"] == pytest.approx(TemperatureSchedule()(2 / 5))
+    dry = train(tiny_cfg(work, tmp_path / "dry", dry_run=True), progress=False)
+    assert dry.parameters["student"] == "mn04" and dry.parameters["teacher_dim"] == 8
+    assert dry.parameters["backbone"] > 0 and "backbone" in dry.summary()
+    assert json.loads((tmp_path / "dry" / "parameters.json").read_text()) == dry.parameters
+    assert not (tmp_path / "dry" / "checkpoints").exists()
+
+
+def _ddp_worker(rank: int, work: str, out: str, init_file: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    cfg = tiny_cfg(Path(work), Path(out) / "run", mixup_alpha=0.0, epochs=1, checkpoint_every=2)
+    data = open_training_data(cfg.work, cfg.cache, cfg.manifest, cfg.target, cfg.clip_seconds)
+    stream = BalancedStream(data.view, data.table, StreamConfig(seed=1, steps_per_epoch=5, batch_size=4, rank=rank,
+                                                                world_size=2, workers=1, shuffle_buffer=8))
+    batch = next(iter(stream))
+    parts = build_parts(cfg, data.embed_dim, data.view.sample_rate, torch.device("cpu"), rank, 2)
+    parts.student.eval()  # BatchNorm with running statistics: per-rank batch statistics would differ
+    batch_loss(parts, batch, augment=False).backward()
+    grads = {k: p.grad for k, p in parts.student.named_parameters()}
+    torch.save({"batch": batch, "grads": grads}, Path(out) / f"rank{rank}.pt")
+    train(cfg, progress=False, rank=rank, world_size=2)  # the real loop under DDP, to the end
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process_on_the_global_batch(work, tmp_path):
+    # fork: the children start with torch already imported (spawn would re-import it twice)
+    mp.start_processes(_ddp_worker, args=(str(work), str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True,
+                       start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0["batch"]["row"], r1["batch"]["row"])  # each rank has its own half
+    cfg = tiny_cfg(work, tmp_path / "single", mixup_alpha=0.0)
+    parts = build_parts(cfg, 8, 8000, torch.device("cpu"))
+    parts.student.eval()
+    both = {k: torch.cat([r0["batch"][k], r1["batch"][k]]) for k in ("audio", "target", "cluster")}
+    batch_loss(parts, both, augment=False).backward()
+    for name, p in parts.student.named_parameters():
+        torch.testing.assert_close(r0["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(r1["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["result"]["steps"] == 5 and result["identity"]["world_size"] == 2
+    ckpt = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
