@@ -11,6 +11,7 @@ from ssondo_cache.typed_config import ConfigError, from_dict, load_config
 from ssondo_distill.schedule import ScheduleConfig
 
 TARGETS = ("clip", "window")
+TARGET_NORMS = ("none", "center", "standardize")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -24,6 +25,11 @@ class TrainConfig:
     manifest: str = "random"  # random (uniform) | a manifest name in WORK/manifests (balanced-k50) | a path
     target: str = "clip"  # clip: the clip embedding; window: one TS window (audio cropped to it)
     clip_seconds: float = 10.0  # audio length for target=clip (random crop, zero pad)
+    # none: the teacher's raw embeddings (the paper). center / standardize: subtract the training
+    # clips' mean (and divide by the per-dimension std) before the loss, for teachers whose
+    # embeddings share one dominant direction (e.g. YAMNet's post-ReLU features), where the raw cosine
+    # mostly rewards predicting the mean. Validation is always measured against the raw targets.
+    target_norm: str = "none"
     out: Path | None = None  # RUN folder
     # what to train
     student: str = "mobilenetv3"
@@ -62,6 +68,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
+            (self.target_norm in TARGET_NORMS, f"target_norm must be one of {TARGET_NORMS}, got {self.target_norm!r}"),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),

@@ -10,9 +10,8 @@ per clip (or the fp32 bound).
 CPU latency (median ms per clip at batch 1, eager vs exported) and file size go with the
 provenance into ``<out>.json`` beside the export.
 
-ONNX front-end: the legacy exporter (the dynamo one needs ``onnxscript``, not a dependency) has
-no complex tensors, so ``_RealStftLogMel`` computes the eager log-mel from the same window and
-mel banks with the real-valued STFT output, which maps to ONNX's STFT op (opset 17).
+The ONNX-only parts (a real-valued STFT front-end, the legacy exporter, int8 of the ONNX graph,
+onnxruntime) live in ``export_onnx``.
 
 Fixed axes: tracing bakes Python ints into the graph. DyMN folds the batch into conv ``groups``
 (per-sample kernels), so its graph runs at batch 1 only, and the legacy ONNX exporter needs a
@@ -24,13 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
-import logging
-import os
 import statistics
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -50,7 +44,6 @@ from .checkpoint import AudioStudent, load_student
 FORMATS = ("onnx", "torchscript")
 WHATS = ("embedding", "projection")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
-OPSET = 17  # first opset with an STFT op
 FP32_TOLERANCE = 1e-4  # max abs difference relative to the output's scale,
 FP32_ATOL = 1e-6  # plus this, for an (untrained) student whose outputs are all ~0
 INT8_MIN_COSINE = 0.99
@@ -96,50 +89,18 @@ class ExportResult:
         )
 
 
-class _RealStftLogMel(nn.Module):
-    """The eager front-end's log-mel (``frontend._MelBase``) with a real-valued STFT, for ONNX.
-
-    Shares the eager module's ``cfg``, ``window`` and ``banks``; its output is checked against
-    the eager model by the export verification. audio (B, S) -> (B, 1, n_mels, T).
-    """
-
-    def __init__(self, mel: nn.Module) -> None:
-        super().__init__()
-        self.mel = mel
-        # reflect padding as two gathers: F.pad(mode="reflect") becomes an ONNX Pad whose output
-        # shape the exporter cannot infer, which DyMN's fixed-shape export needs
-        half = mel.cfg.n_fft // 2
-        self.register_buffer("reverse", torch.arange(half - 1, -1, -1), persistent=False)  # (half,)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        c = self.mel.cfg
-        x = audio.float()
-        if c.preemphasis:
-            x = x[:, 1:] - c.preemphasis * x[:, :-1]
-        if c.center:  # what torch.stft(center=True, pad_mode="reflect") does itself
-            half = c.n_fft // 2
-            left, right = x[:, 1 : half + 1][:, self.reverse], x[:, -half - 1 : -1][:, self.reverse]
-            x = torch.cat([left, x, right], dim=1)  # (B, S + 2 * half)
-        spec = torch.stft(
-            x, c.n_fft, c.hop_length, c.win_length, self.mel.window, center=False, return_complex=False
-        )  # (B, n_fft//2+1, T, 2)
-        power = spec.square().sum(-1)  # (B, n_fft//2+1, T)
-        mel = torch.matmul(self.mel.banks, power)  # (B, n_mels, T)
-        return ((torch.log(mel + c.log_offset) - c.norm_mean) / c.norm_std).unsqueeze(1)
-
-
 class Deployable(nn.Module):
     """audio (B, S) -> (B, backbone_dim) [embedding] or (B, teacher_dim) [projection].
 
-    Holds the front-end's mel module, the backbone and (projection only) the head directly, not
-    the ``Student``: the Student's extra state (DyMN temperature, a dict) breaks the ONNX
-    exporter, and the temperature already lives in the backbone's modules.
+    Holds the front-end (the student's mel module, or for ONNX ``export_onnx.RealStftLogMel``
+    around it), the backbone and (projection only) the head directly, not the ``Student``: the
+    Student's extra state (DyMN temperature, a dict) breaks the ONNX exporter, and the
+    temperature already lives in the backbone's modules.
     """
 
-    def __init__(self, model: AudioStudent, what: str, onnx_frontend: bool) -> None:
+    def __init__(self, model: AudioStudent, what: str, frontend: nn.Module) -> None:
         super().__init__()
-        mel = model.frontend.mel
-        self.frontend = _RealStftLogMel(mel) if onnx_frontend else mel
+        self.frontend = frontend
         self.backbone = model.student.backbone
         self.head = model.student.head if what == "projection" else None
 
@@ -190,6 +151,8 @@ def export_student(
         raise ValueError(f"unknown export output {what!r}; choose one of {', '.join(WHATS)}")
     if clip_seconds <= 0 or repeats < 1:
         raise ValueError(f"need clip_seconds > 0 and repeats >= 1, got {clip_seconds}, {repeats}")
+    from . import export_onnx  # here, not at the top: export_onnx imports this module's errors
+
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out = Path(out) if out is not None else default_out(ckpt, fmt, int8, what)
     json_path = out.with_name(out.name + ".json")
@@ -205,7 +168,8 @@ def export_student(
     n = int(round(clip_seconds * sr))
     if n < model.frontend.cfg.n_fft + 1:
         raise ValueError(f"clip_seconds {clip_seconds} is shorter than one front-end frame")
-    deploy = Deployable(model, what, onnx_frontend=fmt == "onnx").eval()
+    mel = model.frontend.mel
+    deploy = Deployable(model, what, export_onnx.RealStftLogMel(mel) if fmt == "onnx" else mel).eval()
     if int8:
         n_linear = sum(isinstance(m, nn.Linear) for m in deploy.modules())
         if n_linear == 0:  # refuse rather than write an "int8" file that is the fp32 model
@@ -214,7 +178,7 @@ def export_student(
                 f"{meta['student']['name']!r} has none; export it in fp32, or the projection"
             )
         if fmt == "torchscript":
-            with _quiet_export():
+            with quiet_export():
                 deploy = torch.ao.quantization.quantize_dynamic(
                     copy.deepcopy(deploy), {nn.Linear}, dtype=torch.qint8
                 )
@@ -227,18 +191,20 @@ def export_student(
     with _threads(threads):
         with atomic_path(out) as tmp:
             if fmt == "torchscript":
-                with _quiet_export():
+                with quiet_export():
                     torch.jit.save(traced, str(tmp))
                 n_quantized = sum(
                     isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in deploy.modules()
                 )
             else:
-                n_quantized, shape["samples"] = _export_onnx(deploy, example, tmp, int8, shape["batch"], what)
+                n_quantized, shape["samples"] = export_onnx.export_onnx(
+                    deploy, example, tmp, int8, shape["batch"], what
+                )
             if not shape["samples"]:
                 other = 0.1 * torch.randn(1, n, generator=gen)
             elif not shape["batch"]:
                 other = other[:1]
-            run = _load_exported(fmt, tmp)
+            run = export_onnx.load_onnx(tmp) if fmt == "onnx" else _load_torchscript(tmp)
             verification = _verify(model, what, run, [example, other], int8)
             verification["int8_quantized_ops"] = n_quantized
             latency = _latency(model, what, run, example, repeats, clip_seconds)
@@ -252,7 +218,7 @@ def export_student(
             "path": out.name,
             "sha256": sha256_file(out),
             "size_bytes": size,
-            "opset": OPSET if fmt == "onnx" else None,
+            "opset": export_onnx.OPSET if fmt == "onnx" else None,
         },
         "input": {
             "name": "audio",
@@ -277,7 +243,7 @@ def export_student(
         },
         "verification": verification,
         "latency": latency,
-        "versions": _versions(fmt),
+        "versions": {"torch": torch.__version__, **(export_onnx.onnx_versions() if fmt == "onnx" else {})},
         "code_version": code_version(),
         "created": now_iso(),
     }
@@ -348,7 +314,7 @@ _EXPECTED_WARNINGS = (
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
@@ -358,7 +324,7 @@ def _quiet_export() -> Iterator[None]:
 
 
 def _trace(deploy: nn.Module, example: Tensor) -> torch.jit.ScriptModule:
-    with _quiet_export(), torch.inference_mode():
+    with quiet_export(), torch.inference_mode():
         return torch.jit.trace(deploy, example, check_trace=False)
 
 
@@ -372,140 +338,16 @@ def _runs_on(traced: torch.jit.ScriptModule, audio: Tensor) -> bool:
     return True
 
 
-def _export_onnx(
-    deploy: nn.Module, example: Tensor, path: Path, int8: bool, batch_dynamic: bool, what: str
-) -> tuple[int, bool]:
-    """-> (int8 ops, whether the samples axis is dynamic)."""
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmpdir:
-        fp32 = Path(tmpdir) / "fp32.onnx" if int8 else path
-        with _stdout_to(Path(tmpdir) / "exporter.log"):
-            samples_dynamic = _onnx_export(deploy, example, fp32, batch_dynamic, what)
-        return (_quantize_onnx(fp32, path, _linear_weight_keys(deploy)) if int8 else 0), samples_dynamic
+def _load_torchscript(path: Path) -> Callable[[Tensor], np.ndarray]:
+    """The TorchScript file as a function audio (B, S) -> np.ndarray (B, D)."""
+    with quiet_export():
+        module = torch.jit.load(str(path), map_location="cpu").eval()
 
+    def run_ts(audio: Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return module(audio).numpy()
 
-@contextlib.contextmanager
-def _stdout_to(path: Path) -> Iterator[None]:
-    """Send file descriptor 1 to ``path``: when an export attempt fails, the legacy exporter prints
-    the whole TorchScript graph (megabytes) to C++ stdout, its ONNX log being left on in torch 2.14."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(path, "wb") as sink:
-            os.dup2(sink.fileno(), 1)
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _onnx_export(deploy: nn.Module, example: Tensor, path: Path, batch_dynamic: bool, what: str) -> bool:
-    """Export with a dynamic samples (and batch) axis; where the exporter cannot (DyMN: a conv
-    kernel computed from the input has no static shape), with the example's fixed shape, which the
-    JSON, the summary and the verification all reflect. -> whether the samples axis is dynamic."""
-    axes = (
-        {"audio": {0: "batch", 1: "samples"}, what: {0: "batch"}}
-        if batch_dynamic
-        else {"audio": {1: "samples"}}
-    )
-    first = None
-    for dynamic_axes in (axes, None):
-        try:
-            with _quiet_export(), torch.no_grad():
-                torch.onnx.export(
-                    deploy,
-                    (example,),
-                    str(path),
-                    dynamo=False,
-                    opset_version=OPSET,
-                    input_names=["audio"],
-                    output_names=[what],
-                    dynamic_axes=dynamic_axes,
-                )
-            return dynamic_axes is not None
-        except Exception as e:  # the exporter raises many types; report the first failure
-            first = first or e
-    raise ExportError(
-        f"torch {torch.__version__} could not export the student to ONNX (opset {OPSET}, legacy "
-        f"exporter), with dynamic or fixed shapes: {type(first).__name__}: {first}. "
-        f"Try --format torchscript."
-    ) from first
-
-
-def _linear_weight_keys(model: nn.Module) -> set[bytes]:
-    """Fingerprints of every nn.Linear weight, as stored (Gemm) and transposed (MatMul)."""
-    keys = set()
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            w = m.weight.detach().float().numpy()
-            keys |= {hashlib.sha1(np.ascontiguousarray(a).tobytes()).digest() for a in (w, w.T)}
-    return keys
-
-
-def _quantize_onnx(fp32: Path, path: Path, linear_keys: set[bytes]) -> int:
-    """ONNX dynamic int8 of the nodes that are the model's nn.Linear layers, as TorchScript's
-    quantize_dynamic({nn.Linear}) does: a MatMul / Gemm whose constant weight is a Linear weight.
-    Other constant-weight MatMuls stay fp32: the mel banks (an int8 mel would change every input
-    the student sees) and DyMN's kernel bank (a conv weight)."""
-    import onnx
-    from onnx import numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(fp32)).graph
-    consts = {t.name: t for t in graph.initializer}
-
-    def is_linear(node: onnx.NodeProto) -> bool:
-        return any(
-            i in consts
-            and hashlib.sha1(
-                np.ascontiguousarray(numpy_helper.to_array(consts[i]), dtype=np.float32).tobytes()
-            ).digest()
-            in linear_keys
-            for i in node.input
-        )
-
-    # excluded by name, not included: the quantiser renames the Gemm nodes it rewrites as MatMul
-    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    others = [n.name for n in matmuls if not is_linear(n)]
-    if len(others) == len(matmuls):
-        raise ExportError("no Linear layer found in the ONNX graph to quantise; nothing written")
-    logging.disable(logging.WARNING)  # its advice to run shape pre-processing, logged on the root logger
-    try:
-        quantize_dynamic(
-            str(fp32),
-            str(path),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=others,
-        )
-    finally:
-        logging.disable(logging.NOTSET)
-    quantized = onnx.load(str(path)).graph
-    return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.node)
-
-
-def _load_exported(fmt: str, path: Path) -> Callable[[Tensor], np.ndarray]:
-    """The exported file as a function audio (B, S) -> np.ndarray (B, D)."""
-    if fmt == "torchscript":
-        with _quiet_export():
-            module = torch.jit.load(str(path), map_location="cpu").eval()
-
-        def run_ts(audio: Tensor) -> np.ndarray:
-            with torch.inference_mode():
-                return module(audio).numpy()
-
-        return run_ts
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()  # same threads as the eager model it is timed against
-    so.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    def run_onnx(audio: Tensor) -> np.ndarray:
-        return session.run(None, {"audio": audio.numpy()})[0]
-
-    return run_onnx
+    return run_ts
 
 
 def _eager(model: AudioStudent, what: str) -> Callable[[Tensor], np.ndarray]:
@@ -589,16 +431,6 @@ def _latency(
         "speedup": ms["eager_ms"] / ms["exported_ms"],
         "device": "cpu",
     }
-
-
-def _versions(fmt: str) -> dict[str, str]:
-    v = {"torch": torch.__version__}
-    if fmt == "onnx":
-        import onnx
-        import onnxruntime
-
-        v |= {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    return v
 
 
 __all__ = [

@@ -352,6 +352,26 @@ class BalancedStream(IterableDataset):
                 "cluster": torch.tensor(cluster), "row": torch.tensor(row), "epoch": epoch, "step": step}
 
 
+def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, std and mean square (each (D,), float64) of the clip embeddings of the clips at
+    ``positions`` of the sampling table, read one block per tar shard. Clip-level statistics serve
+    window targets too. A constant dimension gets std 1 (nothing to scale)."""
+    store = CacheStore(data.view.cache_path)
+    rows = np.sort(data.table.rows[positions])
+    total = np.zeros(data.embed_dim)
+    squares = np.zeros(data.embed_dim)
+    for shard in np.unique(data.table.shards[positions]):
+        start, stop = data.view.shard_rows(int(shard))
+        mine = rows[(rows >= start) & (rows < stop)]
+        block = store.read_clip(int(mine[0]), int(mine[-1]) + 1).astype(np.float64)[mine - mine[0]]
+        total += block.sum(0)
+        squares += np.square(block).sum(0)
+    n = len(rows)
+    mean, mean_square = total / n, squares / n
+    std = np.sqrt(np.maximum(mean_square - np.square(mean), 0.0))
+    return mean, np.where(std > 1e-6, std, 1.0), mean_square
+
+
 def load_validation(data: TrainingData, positions: np.ndarray) -> dict[str, torch.Tensor]:
     """The held-out clips, read once: fixed crops from the start of each clip (window 0 for
     target=window). ``{"audio": (n, L) int16, "target": (n, D), "row": (n,)}``."""

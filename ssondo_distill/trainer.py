@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -36,7 +37,13 @@ from ssondo_distill.frontend import StudentFrontEnd
 from ssondo_distill.losses import build_loss, mixup_loss
 from ssondo_distill.sampling import split_holdout
 from ssondo_distill.schedule import build_scheduler
-from ssondo_distill.stream import BalancedStream, StreamConfig, load_validation, open_training_data
+from ssondo_distill.stream import (
+    BalancedStream,
+    StreamConfig,
+    load_validation,
+    open_training_data,
+    target_statistics,
+)
 from ssondo_distill.students import build_student, count_parameters
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,25 @@ class Parts:
     resample_from: int | None  # stream sample rate when it differs from the front-end's
     mixup_alpha: float
     mixup_gen: torch.Generator
+    target_shift: Tensor | None = None  # (D,) subtracted from the targets before the loss (target_norm)
+    target_scale: Tensor | None = None  # (D,) then divided by this
+    target_rms: float = 1.0  # root mean square norm of the normalised training targets
+
+    def normalise_target(self, target: Tensor) -> Tensor:
+        """(B, D) raw teacher targets -> the space the student is trained in."""
+        if self.target_shift is None:
+            return target
+        return (target - self.target_shift) / self.target_scale
+
+    def raw_prediction(self, pred: Tensor) -> Tensor:
+        """(B, D) student output -> the teacher's raw space (inverse of normalise_target).
+
+        A cosine-type loss leaves the prediction's norm free, so it is set to the typical norm of
+        a normalised target before the shift is added back."""
+        if self.target_shift is None:
+            return pred
+        pred = nn.functional.normalize(pred, dim=-1) * self.target_rms
+        return pred * self.target_scale + self.target_shift
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,7 +156,7 @@ def to_mel(parts: Parts, audio: Tensor) -> Tensor:
 def batch_loss(parts: Parts, batch: dict[str, Any], augment: bool = True) -> Tensor:
     """Scalar training loss of one batch (mixup + SpecAugment when ``augment``)."""
     mel = to_mel(parts, batch["audio"])
-    target = batch["target"].to(parts.device, non_blocking=True).float()  # (B, D)
+    target = parts.normalise_target(batch["target"].to(parts.device, non_blocking=True).float())  # (B, D)
     clusters = batch["cluster"].to(parts.device, non_blocking=True)  # (B,)
     perm = lam = None
     if augment and parts.mixup_alpha > 0:
@@ -158,7 +184,7 @@ def validate(parts: Parts, val: dict[str, Tensor], batch_size: int) -> float | N
         mel = to_mel(parts, val["audio"][i:i + batch_size])
         with torch.autocast(parts.device.type, dtype=parts.autocast_dtype or torch.float32,
                             enabled=parts.autocast_dtype is not None):
-            pred = parts.student(mel).float()
+            pred = parts.raw_prediction(parts.student(mel).float())
         target = val["target"][i:i + batch_size].to(parts.device).float()
         cos.append(nn.functional.cosine_similarity(pred, target, dim=-1))
     parts.student.train(was_training)
@@ -214,6 +240,7 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         return TrainResult(**finished)
     train_table, val_pos = split_holdout(data.table, cfg.val_clips, cfg.seed)
     parts = build_parts(cfg, data.embed_dim, data.view.sample_rate, device, rank, world_size)
+    target_norm = _target_norm(cfg, data, train_table, parts)
     optimizer = torch.optim.Adam(parts.student.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch)
     step, resumed_from = 0, None
@@ -295,12 +322,29 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
     if rank == 0:
         save_student(run / "student.pt", parts.student, parts.frontend, data.cache_attrs["teacher_id"],
                      data.embed_dim, extra={"run": str(run), "steps": step, "cache": data.cache_attrs.get("teacher_id"),
-                                            "manifest": data.manifest, "seed": cfg.seed, "loss": cfg.loss})
+                                            "manifest": data.manifest, "seed": cfg.seed, "loss": cfg.loss,
+                                            "target_norm": target_norm})
         run_state.plot_curves(run / "metrics.jsonl", run / "curves.png")
         write_json(run / "result.json", {"identity": identity, "result": asdict(result), "finished": now_iso()})
     if world_size > 1:
         dist.barrier()
     return result
+
+
+def _target_norm(cfg: TrainConfig, data: Any, train_table: Any, parts: Parts) -> dict[str, Any]:
+    """Set the target normalisation of ``parts`` from the training clips; returns what the
+    checkpoint records so the projection can be mapped back to the teacher's space."""
+    if cfg.target_norm == "none":
+        return {"kind": "none"}
+    positions = np.searchsorted(data.table.rows, train_table.rows)
+    mean, std, mean_square = target_statistics(data, positions)
+    if cfg.target_norm == "center":
+        std = np.ones_like(std)
+    # E||(t - mean) / std||^2 = sum_d var_d / std_d^2
+    parts.target_rms = float(np.sqrt(np.sum((mean_square - np.square(mean)) / np.square(std))))
+    parts.target_shift = torch.as_tensor(mean, dtype=torch.float32, device=parts.device)
+    parts.target_scale = torch.as_tensor(std, dtype=torch.float32, device=parts.device)
+    return {"kind": cfg.target_norm, "mean": mean.tolist(), "std": std.tolist(), "rms": parts.target_rms}
 
 
 def _dry_run(cfg: TrainConfig) -> TrainResult:

@@ -1,0 +1,198 @@
+"""The ONNX half of ``export``: a real-valued front-end, the legacy exporter, int8 and onnxruntime.
+
+Front-end: the legacy exporter (the dynamo one needs ``onnxscript``, not a dependency) has no
+complex tensors, so ``RealStftLogMel`` computes the eager log-mel from the same window and mel
+banks with the real-valued STFT output, which maps to ONNX's STFT op (opset 17).
+
+int8: dynamic quantisation of exactly the nodes that are the student's nn.Linear layers, as
+TorchScript's ``quantize_dynamic({nn.Linear})`` does; the mel banks and conv-like MatMuls stay fp32.
+
+``onnx`` and ``onnxruntime`` are imported inside the functions that use them. This module builds
+on ``export`` (its errors and warning filters); ``export`` imports it when it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .export import ExportError, quiet_export
+
+OPSET = 17  # first opset with an STFT op
+
+
+class RealStftLogMel(nn.Module):
+    """The eager front-end's log-mel (``frontend._MelBase``) with a real-valued STFT, for ONNX.
+
+    Shares the eager module's ``cfg``, ``window`` and ``banks``; its output is checked against
+    the eager model by the export verification. audio (B, S) -> (B, 1, n_mels, T).
+    """
+
+    def __init__(self, mel: nn.Module) -> None:
+        super().__init__()
+        self.mel = mel
+        # reflect padding as two gathers: F.pad(mode="reflect") becomes an ONNX Pad whose output
+        # shape the exporter cannot infer, which DyMN's fixed-shape export needs
+        half = mel.cfg.n_fft // 2
+        self.register_buffer("reverse", torch.arange(half - 1, -1, -1), persistent=False)  # (half,)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        c = self.mel.cfg
+        x = audio.float()
+        if c.preemphasis:
+            x = x[:, 1:] - c.preemphasis * x[:, :-1]
+        if c.center:  # what torch.stft(center=True, pad_mode="reflect") does itself
+            half = c.n_fft // 2
+            left, right = x[:, 1 : half + 1][:, self.reverse], x[:, -half - 1 : -1][:, self.reverse]
+            x = torch.cat([left, x, right], dim=1)  # (B, S + 2 * half)
+        spec = torch.stft(
+            x, c.n_fft, c.hop_length, c.win_length, self.mel.window, center=False, return_complex=False
+        )  # (B, n_fft//2+1, T, 2)
+        power = spec.square().sum(-1)  # (B, n_fft//2+1, T)
+        mel = torch.matmul(self.mel.banks, power)  # (B, n_mels, T)
+        return ((torch.log(mel + c.log_offset) - c.norm_mean) / c.norm_std).unsqueeze(1)
+
+
+def export_onnx(
+    deploy: nn.Module, example: Tensor, path: Path, int8: bool, batch_dynamic: bool, what: str
+) -> tuple[int, bool]:
+    """Write ``deploy`` (traced on ``example``) to ``path`` as ONNX, int8 where asked.
+
+    -> (int8 ops, whether the samples axis is dynamic)."""
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmpdir:
+        fp32 = Path(tmpdir) / "fp32.onnx" if int8 else path
+        with _stdout_to(Path(tmpdir) / "exporter.log"):
+            samples_dynamic = _onnx_export(deploy, example, fp32, batch_dynamic, what)
+        return (_quantize_onnx(fp32, path, _linear_weight_keys(deploy)) if int8 else 0), samples_dynamic
+
+
+def load_onnx(path: Path) -> Callable[[Tensor], np.ndarray]:
+    """The ONNX file as a function audio (B, S) -> np.ndarray (B, D), on onnxruntime's CPU."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()  # same threads as the eager model it is timed against
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def run_onnx(audio: Tensor) -> np.ndarray:
+        return session.run(None, {"audio": audio.numpy()})[0]
+
+    return run_onnx
+
+
+def onnx_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+@contextlib.contextmanager
+def _stdout_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 1 to ``path``: when an export attempt fails, the legacy exporter prints
+    the whole TorchScript graph (megabytes) to C++ stdout, its ONNX log being left on in torch 2.14."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(path, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _onnx_export(deploy: nn.Module, example: Tensor, path: Path, batch_dynamic: bool, what: str) -> bool:
+    """Export with a dynamic samples (and batch) axis; where the exporter cannot (DyMN: a conv
+    kernel computed from the input has no static shape), with the example's fixed shape, which the
+    JSON, the summary and the verification all reflect. -> whether the samples axis is dynamic."""
+    axes = (
+        {"audio": {0: "batch", 1: "samples"}, what: {0: "batch"}}
+        if batch_dynamic
+        else {"audio": {1: "samples"}}
+    )
+    first = None
+    for dynamic_axes in (axes, None):
+        try:
+            with quiet_export(), torch.no_grad():
+                torch.onnx.export(
+                    deploy,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=["audio"],
+                    output_names=[what],
+                    dynamic_axes=dynamic_axes,
+                )
+            return dynamic_axes is not None
+        except Exception as e:  # the exporter raises many types; report the first failure
+            first = first or e
+    raise ExportError(
+        f"torch {torch.__version__} could not export the student to ONNX (opset {OPSET}, legacy "
+        f"exporter), with dynamic or fixed shapes: {type(first).__name__}: {first}. "
+        f"Try --format torchscript."
+    ) from first
+
+
+def _fingerprint(a: np.ndarray) -> bytes:
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).digest()
+
+
+def _linear_weight_keys(model: nn.Module) -> set[bytes]:
+    """Fingerprints of every nn.Linear weight, as stored (Gemm) and transposed (MatMul)."""
+    keys = set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            w = m.weight.detach().float().numpy()
+            keys |= {_fingerprint(w), _fingerprint(w.T)}
+    return keys
+
+
+def _quantize_onnx(fp32: Path, path: Path, linear_keys: set[bytes]) -> int:
+    """ONNX dynamic int8 of the nodes that are the model's nn.Linear layers, as TorchScript's
+    quantize_dynamic({nn.Linear}) does: a MatMul / Gemm whose constant weight is a Linear weight.
+    Other constant-weight MatMuls stay fp32: the mel banks (an int8 mel would change every input
+    the student sees) and DyMN's kernel bank (a conv weight)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32)).graph
+    consts = {t.name: t for t in graph.initializer}
+
+    def is_linear(node: onnx.NodeProto) -> bool:
+        return any(
+            i in consts and _fingerprint(numpy_helper.to_array(consts[i])) in linear_keys for i in node.input
+        )
+
+    # excluded by name, not included: the quantiser renames the Gemm nodes it rewrites as MatMul
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    others = [n.name for n in matmuls if not is_linear(n)]
+    if len(others) == len(matmuls):
+        raise ExportError("no Linear layer found in the ONNX graph to quantise; nothing written")
+    logging.disable(logging.WARNING)  # its advice to run shape pre-processing, logged on the root logger
+    try:
+        quantize_dynamic(
+            str(fp32),
+            str(path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=others,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    quantized = onnx.load(str(path)).graph
+    return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.node)
