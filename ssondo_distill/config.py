@@ -28,7 +28,7 @@ class TrainConfig:
     # none: the teacher's raw embeddings (the paper). center / standardize: subtract the training
     # clips' mean (and divide by the per-dimension std) before the loss, for teachers whose
     # embeddings share one dominant direction (e.g. YAMNet's post-ReLU features), where the raw cosine
-    # mostly rewards predicting the mean. Validation is always measured against the raw targets.
+    # mostly rewards predicting the mean. Validation is measured in the same (normalised) space.
     target_norm: str = "none"
     out: Path | None = None  # RUN folder
     # what to train

@@ -352,10 +352,10 @@ class BalancedStream(IterableDataset):
                 "cluster": torch.tensor(cluster), "row": torch.tensor(row), "epoch": epoch, "step": step}
 
 
-def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, std and mean square (each (D,), float64) of the clip embeddings of the clips at
-    ``positions`` of the sampling table, read one block per tar shard. Clip-level statistics serve
-    window targets too. A constant dimension gets std 1 (nothing to scale)."""
+def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (each (D,), float64) of the clip embeddings of the clips at ``positions`` of
+    the sampling table, read one block per tar shard. Clip-level statistics serve window targets
+    too. A constant dimension gets std 1 (nothing to scale)."""
     store = CacheStore(data.view.cache_path)
     rows = np.sort(data.table.rows[positions])
     total = np.zeros(data.embed_dim)
@@ -367,9 +367,9 @@ def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.nda
         total += block.sum(0)
         squares += np.square(block).sum(0)
     n = len(rows)
-    mean, mean_square = total / n, squares / n
-    std = np.sqrt(np.maximum(mean_square - np.square(mean), 0.0))
-    return mean, np.where(std > 1e-6, std, 1.0), mean_square
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - np.square(mean), 0.0))
+    return mean, np.where(std > 1e-6, std, 1.0)
 
 
 def load_validation(data: TrainingData, positions: np.ndarray) -> dict[str, torch.Tensor]:

@@ -93,23 +93,12 @@ class Parts:
     mixup_gen: torch.Generator
     target_shift: Tensor | None = None  # (D,) subtracted from the targets before the loss (target_norm)
     target_scale: Tensor | None = None  # (D,) then divided by this
-    target_rms: float = 1.0  # root mean square norm of the normalised training targets
 
     def normalise_target(self, target: Tensor) -> Tensor:
         """(B, D) raw teacher targets -> the space the student is trained in."""
         if self.target_shift is None:
             return target
         return (target - self.target_shift) / self.target_scale
-
-    def raw_prediction(self, pred: Tensor) -> Tensor:
-        """(B, D) student output -> the teacher's raw space (inverse of normalise_target).
-
-        A cosine-type loss leaves the prediction's norm free, so it is set to the typical norm of
-        a normalised target before the shift is added back."""
-        if self.target_shift is None:
-            return pred
-        pred = nn.functional.normalize(pred, dim=-1) * self.target_rms
-        return pred * self.target_scale + self.target_shift
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,8 +173,8 @@ def validate(parts: Parts, val: dict[str, Tensor], batch_size: int) -> float | N
         mel = to_mel(parts, val["audio"][i:i + batch_size])
         with torch.autocast(parts.device.type, dtype=parts.autocast_dtype or torch.float32,
                             enabled=parts.autocast_dtype is not None):
-            pred = parts.raw_prediction(parts.student(mel).float())
-        target = val["target"][i:i + batch_size].to(parts.device).float()
+            pred = parts.student(mel).float()
+        target = parts.normalise_target(val["target"][i:i + batch_size].to(parts.device).float())
         cos.append(nn.functional.cosine_similarity(pred, target, dim=-1))
     parts.student.train(was_training)
     return 1.0 - torch.cat(cos).mean().item()
@@ -262,7 +251,10 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
     val_init = metrics.last_value("val_cosine_distance", at_step=0)
     baseline = metrics.last_value("val_mean_baseline", at_step=0)
     if step == 0 and rank == 0:
-        val_init, baseline = validate(parts, val, stream.cfg.batch_size), mean_target_baseline(val)
+        # with normalised targets the mean target is the origin: a student that learnt only the
+        # average direction scores 1 - cos = 1 there
+        baseline = mean_target_baseline(val) if parts.target_shift is None else 1.0
+        val_init = validate(parts, val, stream.cfg.batch_size)
         metrics.write({"step": 0, "epoch": 0.0, "val_cosine_distance": val_init, "val_mean_baseline": baseline})
     bar = tqdm(total=end_step, initial=step, unit="step", desc=f"train {parts.student.name}",
                disable=not progress or rank != 0, dynamic_ncols=True)
@@ -337,14 +329,12 @@ def _target_norm(cfg: TrainConfig, data: Any, train_table: Any, parts: Parts) ->
     if cfg.target_norm == "none":
         return {"kind": "none"}
     positions = np.searchsorted(data.table.rows, train_table.rows)
-    mean, std, mean_square = target_statistics(data, positions)
+    mean, std = target_statistics(data, positions)
     if cfg.target_norm == "center":
         std = np.ones_like(std)
-    # E||(t - mean) / std||^2 = sum_d var_d / std_d^2
-    parts.target_rms = float(np.sqrt(np.sum((mean_square - np.square(mean)) / np.square(std))))
     parts.target_shift = torch.as_tensor(mean, dtype=torch.float32, device=parts.device)
     parts.target_scale = torch.as_tensor(std, dtype=torch.float32, device=parts.device)
-    return {"kind": cfg.target_norm, "mean": mean.tolist(), "std": std.tolist(), "rms": parts.target_rms}
+    return {"kind": cfg.target_norm, "mean": mean.tolist(), "std": std.tolist()}
 
 
 def _dry_run(cfg: TrainConfig) -> TrainResult:
