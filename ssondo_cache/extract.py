@@ -209,9 +209,13 @@ def extract(
         raise ValueError(f"batch_size must be >= 1 and workers >= 0 (got {batch_size}, {workers})")
     support = TemporalSupport.parse(ts, hop)
     dev = resolve_device(device)  # cuda without a GPU raises here: never a quiet CPU run
+    # "auto" goes to build_teacher as is: a CPU-only teacher (onnxruntime) then stays on the CPU
+    teacher = build_teacher(teacher_spec, checkpoint, device=device if device == "auto" else dev,
+                            **(teacher_options or {}))
+    if teacher.cpu_only:
+        dev = torch.device("cpu")
     if device == "auto":
         log.info("device auto -> %s", dev)
-    teacher = build_teacher(teacher_spec, checkpoint, device=dev, **(teacher_options or {}))
     if teacher.cpu_only and compile:
         raise ValueError(
             f"teacher {teacher_spec!r} does not run in PyTorch (cpu_only): --compile cannot apply"

@@ -177,7 +177,9 @@ class TeacherEmbedder(Embedder):
         from ssondo_cache.teachers import build_teacher, resolve_device
 
         self.device = resolve_device(device)
-        self.teacher = teacher or build_teacher(spec, checkpoint=checkpoint, device=self.device, **options)
+        self.teacher = teacher or build_teacher(spec, checkpoint=checkpoint, device=device, **options)
+        if self.teacher.cpu_only:  # "auto" keeps a CPU-only teacher (onnxruntime) on the CPU
+            self.device = torch.device("cpu")
         self.support = TemporalSupport.parse(ts, hop)
         self.batch_size = batch_size
         self.window_embedder = WindowEmbedder(self.teacher, self.device, batch_size, compile=False)

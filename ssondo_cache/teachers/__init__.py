@@ -7,6 +7,7 @@ Registering a name imports nothing heavy: each factory imports its implementatio
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ssondo_cache.registry import Registry
 from ssondo_cache.teachers.base import Teacher
 
 TEACHERS: Registry[Teacher] = Registry("teacher")
+log = logging.getLogger(__name__)
 
 
 @TEACHERS.register("matpac")
@@ -74,9 +76,12 @@ def build_teacher(
     if not teacher.teacher_id:
         raise ValueError(f"teacher {spec!r} did not set a teacher_id")
     if teacher.cpu_only and dev.type != "cpu":
-        raise RuntimeError(
-            f"teacher {spec!r} runs on the CPU only; device {dev} was requested (use --device cpu)"
-        )
+        if str(device) != "auto":
+            raise RuntimeError(
+                f"teacher {spec!r} runs on the CPU only; device {dev} was requested (use --device cpu)"
+            )
+        log.info("device auto -> cpu: teacher %r runs on the CPU only", spec)
+        dev = torch.device("cpu")
     teacher.spec = spec
     teacher.requires_grad_(False)
     return teacher.to(dev).eval()
