@@ -34,6 +34,9 @@ class TrainConfig:
     # what to train
     student: str = "mobilenetv3"
     student_options: dict[str, Any] = field(default_factory=dict)  # e.g. {width_mult: 1.0}
+    # BatchNorm running-statistics momentum for every BN layer; null keeps the student's own
+    # (EfficientAT's 0.01 needs thousands of steps before eval-mode outputs settle: short runs want 0.1)
+    bn_momentum: float | None = None
     frontend: dict[str, Any] = field(default_factory=dict)  # StudentFrontEnd options (paper's KD log-mel)
     loss: str = "cosine"
     loss_options: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +79,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.bn_momentum is None or 0 < self.bn_momentum <= 1, f"bn_momentum must be in (0, 1], got {self.bn_momentum}"),
             (self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0, got {self.mixup_alpha}"),
             (self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}"),

@@ -113,6 +113,10 @@ def build_parts(cfg: TrainConfig, teacher_dim: int, stream_rate: int, device: to
                 world_size: int = 1) -> Parts:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     student = build_student(cfg.student, teacher_dim, **cfg.student_options).to(device)
+    if cfg.bn_momentum is not None:
+        for module in student.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = cfg.bn_momentum
     frontend = StudentFrontEnd(**cfg.frontend).to(device)
     model: nn.Module = student
     if world_size > 1:

@@ -46,3 +46,14 @@ def test_training_with_centred_targets_records_them_and_validates_raw(work, tmp_
     assert result.val_mean_baseline == 1.0 and 0.0 <= result.val_cosine_distance <= 2.0
     with pytest.raises(Exception, match="target_norm"):
         tiny_cfg(work, tmp_path / "bad", target_norm="whiten")
+
+
+def test_bn_momentum_reaches_every_batch_norm(work):
+    from ssondo_distill.trainer import build_parts
+
+    cfg = tiny_cfg(work, work / "unused", bn_momentum=0.2)
+    parts = build_parts(cfg, 8, 8000, torch.device("cpu"))
+    momenta = {m.momentum for m in parts.student.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.2}
+    with pytest.raises(Exception, match="bn_momentum"):
+        tiny_cfg(work, work / "unused", bn_momentum=0.0)
