@@ -23,7 +23,7 @@ import time
 import faiss
 import numpy as np
 
-from ssondo_cache.cluster import assign, kmeans
+from ssondo_cache.kmeans import assign, kmeans
 
 
 def synthetic_embeddings(

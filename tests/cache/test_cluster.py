@@ -22,12 +22,8 @@ from sklearn import metrics as skm
 
 from pipeline.cli import main as cli
 from ssondo_cache.cluster import (
-    ClusterInputError,
     balanced_weights,
     cluster_cache,
-    kmeans,
-    kmeans_plusplus,
-    l2_normalize_,
     read_sampling_manifest,
     write_random_manifest,
 )
@@ -37,6 +33,7 @@ from ssondo_cache.cluster_report import (
     plot_cluster_sizes,
     plot_projection,
 )
+from ssondo_cache.kmeans import ClusterInputError, kmeans, kmeans_plusplus, l2_normalize_
 from ssondo_cache.manifests import clips_fingerprint, read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.store import cache_path, create_or_open, open_cache
