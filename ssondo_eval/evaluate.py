@@ -14,16 +14,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ssondo_cache.atomic import write_bytes, write_json, write_text
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_eval.embedders import Embedder, embed_task
-from ssondo_eval.probe import ProbeConfig, probe_folds
+from ssondo_eval.probe import ProbeConfig, ProbeResult, probe_folds
 from ssondo_eval.tasks.base import Task
+
+
+def probe_task(X: np.ndarray, task: Task, config: ProbeConfig, progress: bool = False) -> ProbeResult:
+    """Probe one task's embeddings X (N, D), rows in ``task``'s order, on its folds and targets."""
+    return probe_folds(
+        X,
+        task.targets(),
+        task.folds(),
+        multilabel=task.multilabel,
+        n_classes=len(task.classes),
+        config=config,
+        progress=progress,
+    )
 
 
 def probe_pair(
@@ -39,15 +54,7 @@ def probe_pair(
     if path.is_file():
         return json.loads(path.read_text())
     X, info = embed_task(embedder, task, cache_dir, progress=progress)
-    result = probe_folds(
-        X,
-        task.targets(),
-        task.folds(),
-        multilabel=task.multilabel,
-        n_classes=len(task.classes),
-        config=config,
-        progress=progress,
-    ).to_dict()
+    result = probe_task(X, task, config, progress=progress).to_dict()
     result["embedding"] = {"dim": int(X.shape[1]), "compute": info.get("compute", {})}
     write_json(path, result)
     return result
@@ -227,12 +234,26 @@ def evaluate(
         "scores": scores,
         **summarise(models, labels, tasks, scores),
     }
-    previous = read_json(out / "results.json")
-    if previous is not None and same_report(previous, report) and (out / "results.png").is_file():
-        return previous  # a finished report re-run: nothing changed, nothing rewritten
-    write_json(out / "results.json", report)
-    write_text(out / "results.md", results_markdown(report))
-    results_chart(report, out / "results.png")
+    return write_report(report, out, "results", results_markdown, results_chart)
+
+
+def write_report(
+    report: dict,
+    out: Path,
+    stem: str,
+    markdown: Callable[[dict], str],
+    chart: Callable[[dict, Path], None],
+) -> dict:
+    """Write OUT/STEM.json, STEM.md (``markdown(report)``) and STEM.png (``chart``); return the report.
+
+    A finished report re-run (same but for date and code version, chart present) is left as it was
+    and the one on disk is returned: nothing changed, nothing rewritten."""
+    previous = read_json(out / f"{stem}.json")
+    if previous is not None and same_report(previous, report) and (out / f"{stem}.png").is_file():
+        return previous
+    write_json(out / f"{stem}.json", report)
+    write_text(out / f"{stem}.md", markdown(report))
+    chart(report, out / f"{stem}.png")
     return report
 
 

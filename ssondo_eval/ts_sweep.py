@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ssondo_cache.atomic import write_bytes, write_json, write_text
+from ssondo_cache.atomic import write_bytes
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.windows import TemporalSupport, format_seconds, parse_seconds
 from ssondo_eval.embedders import CachedTeacherEmbedder, Embedder, TeacherEmbedder, embed_task
-from ssondo_eval.evaluate import read_json, same_report
-from ssondo_eval.probe import ProbeConfig, probe_folds
+from ssondo_eval.evaluate import probe_task, write_report
+from ssondo_eval.probe import ProbeConfig
 from ssondo_eval.tasks.base import Task
 
 
@@ -90,15 +90,7 @@ def ts_sweep(
         for task in tasks:
             embedder = _cached_embedder(Path(work) if work else None, model.teacher_id, support, task) or live
             X, info = embed_task(embedder, task, out / "embeddings", progress=progress)
-            res = probe_folds(
-                X,
-                task.targets(),
-                task.folds(),
-                multilabel=task.multilabel,
-                n_classes=len(task.classes),
-                config=config,
-                progress=False,
-            )
+            res = probe_task(X, task, config)
             compute = info.get("compute", {})
             from_cache = isinstance(embedder, CachedTeacherEmbedder)
             rows.append(
@@ -128,13 +120,7 @@ def ts_sweep(
         "tasks": [t.describe() for t in tasks],
         "rows": rows,
     }
-    previous = read_json(out / "ts_sweep.json")
-    if previous is not None and same_report(previous, report) and (out / "ts_sweep.png").is_file():
-        return previous  # a finished sweep re-run: nothing changed, nothing rewritten
-    write_json(out / "ts_sweep.json", report)
-    write_text(out / "ts_sweep.md", sweep_markdown(report))
-    sweep_chart(report, out / "ts_sweep.png")
-    return report
+    return write_report(report, out, "ts_sweep", sweep_markdown, sweep_chart)
 
 
 def _mib(n: int | None) -> str:

@@ -6,10 +6,12 @@ is `ssondo eval probe RUN --task ... --out R`; `ssondo eval ts-sweep WORK ...` i
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
-import yaml
+
+from pipeline.commands.options import key_values
 
 PROBE_HELP = "Probe settings (EVAR protocol): StandardScaler on train, Adam, early stopping on valid."
 
@@ -25,16 +27,6 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def _options(pairs: tuple[str, ...]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--teacher-option")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _probe_config(seeds: int, hidden: str, max_epochs: int, patience: int, lr: float):
     from ssondo_eval.probe import ProbeConfig
 
@@ -45,6 +37,22 @@ def _probe_config(seeds: int, hidden: str, max_epochs: int, patience: int, lr: f
 
 
 def probe_options(f):
+    """The options `probe` and `ts-sweep` share. The command receives them built: ``probe_config``
+    (a ProbeConfig from --seeds/--hidden/--max-epochs/--patience/--lr) and ``teacher_options`` (a dict
+    from the --teacher-option pairs), beside tasks, out, device, batch_size and progress."""
+
+    @functools.wraps(f)
+    def command(*, seeds, hidden, max_epochs, patience, lr, teacher_options, **kwargs):
+        try:
+            probe_config = _probe_config(seeds, hidden, max_epochs, patience, lr)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
+        return f(
+            probe_config=probe_config,
+            teacher_options=key_values(teacher_options, "--teacher-option"),
+            **kwargs,
+        )
+
     for opt in reversed(
         [
             click.option(
@@ -94,8 +102,8 @@ def probe_options(f):
             click.option("--progress/--no-progress", default=True, show_default=True, help="Show tqdm bars."),
         ]
     ):
-        f = opt(f)
-    return f
+        command = opt(command)
+    return command
 
 
 @click.group("eval", cls=DefaultGroup, invoke_without_command=False)
@@ -174,11 +182,7 @@ def probe(
     out,
     device,
     batch_size,
-    seeds,
-    hidden,
-    max_epochs,
-    patience,
-    lr,
+    probe_config,
     teacher_options,
     progress,
 ) -> None:
@@ -200,9 +204,9 @@ def probe(
             teacher_ts=teacher_ts,
             device=device,
             batch_size=batch_size,
-            probe_config=_probe_config(seeds, hidden, max_epochs, patience, lr),
+            probe_config=probe_config,
             cache_dir=embedding_cache,
-            teacher_options=_options(teacher_options),
+            teacher_options=teacher_options,
             progress=progress,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
@@ -240,11 +244,7 @@ def ts_sweep(
     out,
     device,
     batch_size,
-    seeds,
-    hidden,
-    max_epochs,
-    patience,
-    lr,
+    probe_config,
     teacher_options,
     progress,
 ) -> None:
@@ -264,9 +264,9 @@ def ts_sweep(
             hop=hop,
             device=device,
             batch_size=batch_size,
-            probe_config=_probe_config(seeds, hidden, max_epochs, patience, lr),
+            probe_config=probe_config,
             progress=progress,
-            **_options(teacher_options),
+            **teacher_options,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None

@@ -6,19 +6,9 @@ import logging
 from pathlib import Path
 
 import click
-import yaml
 
+from pipeline.commands.options import key_values
 from pipeline.ranks import detect_rank
-
-
-def _options(pairs: tuple[str, ...]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
-        out[key] = yaml.safe_load(value)  # "64" -> 64, "true" -> True
-    return out
 
 
 @click.command(context_settings={"show_default": True})
@@ -104,7 +94,7 @@ def extract(
             rank=ranks.rank,
             world_size=ranks.world_size,
             progress=not no_progress,
-            teacher_options=_options(options),
+            teacher_options=key_values(options),
         )
     except (ValueError, OSError, RuntimeError) as err:  # bad input, mismatched cache, cuda without a GPU
         raise click.ClickException(str(err)) from err

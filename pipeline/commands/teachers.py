@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import click
-import yaml
+
+from pipeline.commands.options import key_values
 
 
 @click.group()
@@ -20,16 +21,6 @@ def list_teachers() -> None:
 
     for name in TEACHERS.names():
         click.echo(name)
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
-        options[key] = yaml.safe_load(value)  # "64" -> 64, "true" -> True, "fast" -> "fast"
-    return options
 
 
 @teachers.command("info")
@@ -53,7 +44,7 @@ def info(spec: str, checkpoint: str | None, options: tuple[str, ...]) -> None:
     from ssondo_cache.teachers import teacher_info
 
     try:
-        facts = teacher_info(spec, checkpoint=checkpoint, **_parse_options(options))
+        facts = teacher_info(spec, checkpoint=checkpoint, **key_values(options))
     except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err).strip('"')) from err
     click.echo(json.dumps(facts, indent=2))

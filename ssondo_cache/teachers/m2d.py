@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from ssondo_cache.provenance import sha256_file
 from ssondo_cache.teachers.base import make_teacher_id, state_dict_sha256
 from ssondo_cache.teachers.frontends import M2D_FRONTEND, M2D_FRONTEND_32K, LogMelFrontEnd
 from ssondo_cache.teachers.vit import ViTConfig
@@ -24,7 +23,10 @@ from ssondo_cache.teachers.vit_teacher import (
     check_state_dict,
     infer_vit_config,
     load_checkpoint_file,
+    load_official_checkpoint,
     output_digest,
+    random_vit_config,
+    seeded_random_teacher,
 )
 
 NORM_STATS_KEY = "norm_stats"
@@ -101,27 +103,25 @@ def build_m2d(
                 "m2d needs a checkpoint (an encoder-only checkpoint-*.pth); "
                 "pass random_init=True for random weights"
             )
-        sizes = {
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio,
-            "input_size": tuple(input_size) if input_size else None,
-            "patch_size": tuple(patch_size) if patch_size else None,
-        }
-        vit = ViTConfig(**{k: v for k, v in sizes.items() if v is not None})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            teacher = M2DTeacher(
+        vit = random_vit_config(
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            input_size=input_size,
+            patch_size=patch_size,
+        )
+        teacher = seeded_random_teacher(
+            lambda: M2DTeacher(
                 vit,
                 norm_stats or DEFAULT_NORM_STATS,
                 mode=mode,
                 compile=compile,
                 amp=amp,
                 sample_rate=sample_rate,
-            )
-            with torch.no_grad():
-                teacher.encoder.pos_embed.normal_(0.0, 0.02)
+            ),
+            seed,
+        )
         digest = output_digest(
             state_dict_sha256(teacher),
             mode=None if mode == "precise" else mode,
@@ -147,8 +147,7 @@ def build_m2d(
     teacher = M2DTeacher(
         vit, norm_stats or stored, mode=mode, compile=compile, amp=amp, sample_rate=sample_rate
     )
-    teacher.load_official_state_dict(state, what=str(checkpoint))
-    teacher.checkpoint_sha256 = sha256_file(checkpoint)
+    load_official_checkpoint(teacher, state, checkpoint)
     override = tuple(float(v) for v in norm_stats) if norm_stats is not None else None
     if override is not None and max(abs(a - b) for a, b in zip(override, stored, strict=True)) < 1e-6:
         override = None  # the same statistics the checkpoint (or the default) gives: same outputs, same id

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from ssondo_cache.provenance import sha256_file
 from ssondo_cache.teachers.base import make_teacher_id, state_dict_sha256
 from ssondo_cache.teachers.frontends import MATPAC_FRONTEND, LogMelFrontEnd
 from ssondo_cache.teachers.vit import ViTConfig
@@ -23,7 +22,10 @@ from ssondo_cache.teachers.vit_teacher import (
     check_state_dict,
     infer_vit_config,
     load_checkpoint_file,
+    load_official_checkpoint,
     output_digest,
+    random_vit_config,
+    seeded_random_teacher,
 )
 
 WINDOW_KEY = "log_mel.MelSpectrogram.spectrogram.window"
@@ -84,19 +86,10 @@ def build_matpac(
                 "matpac needs a checkpoint (official file, e.g. matpac_plus_6s_2048_enconly.pt); "
                 "pass random_init=True for random weights"
             )
-        sizes = {
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio,
-            "input_size": tuple(input_size) if input_size else None,
-        }
-        vit = ViTConfig(**{k: v for k, v in sizes.items() if v is not None})
-        with torch.random.fork_rng(devices=[]):  # same seed, same weights; the global RNG is left alone
-            torch.manual_seed(seed)
-            teacher = MatpacTeacher(vit, mode=mode, compile=compile, amp=amp)
-            with torch.no_grad():  # a fresh official wrapper has a zero pos_embed; random weights need one
-                teacher.encoder.pos_embed.normal_(0.0, 0.02)
+        vit = random_vit_config(
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, input_size=input_size
+        )
+        teacher = seeded_random_teacher(lambda: MatpacTeacher(vit, mode=mode, compile=compile, amp=amp), seed)
         digest = output_digest(state_dict_sha256(teacher), mode=None if mode == "precise" else mode)
         teacher.teacher_id = make_teacher_id("matpac-random", digest)
         return teacher
@@ -112,8 +105,7 @@ def build_matpac(
         input_size=input_size,
     )
     teacher = MatpacTeacher(vit, mode=mode, compile=compile, amp=amp)
-    teacher.load_official_state_dict(state, what=str(checkpoint))
-    teacher.checkpoint_sha256 = sha256_file(checkpoint)
+    load_official_checkpoint(teacher, state, checkpoint)
     digest = output_digest(teacher.checkpoint_sha256, mode=None if mode == "precise" else mode)
     teacher.teacher_id = make_teacher_id("matpac", digest)
     return teacher

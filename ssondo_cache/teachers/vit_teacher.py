@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from ssondo_cache.provenance import sha256_file
 from ssondo_cache.teachers.base import Teacher
 from ssondo_cache.teachers.frontends import LogMelFrontEnd
 from ssondo_cache.teachers.vit import ViTConfig, ViTEncoder, encode_chunks
@@ -122,6 +124,35 @@ def check_state_dict(
         raise CheckpointError(f"{what} does not fit the model: " + "; ".join(problems))
 
 
+def random_vit_config(**sizes: Any) -> ViTConfig:
+    """ViTConfig for random weights: the sizes given (input_size / patch_size as tuples), ViT-B for the rest."""
+    for key in ("input_size", "patch_size"):
+        if key in sizes:
+            sizes[key] = tuple(sizes[key]) if sizes[key] else None
+    return ViTConfig(**{k: v for k, v in sizes.items() if v is not None})
+
+
+T = TypeVar("T", bound="ViTTeacher")
+
+
+def seeded_random_teacher(make: Callable[[], T], seed: int) -> T:
+    """``make()`` under ``seed`` with a random positional embedding: same seed, same weights."""
+    with torch.random.fork_rng(devices=[]):  # the global RNG is left alone
+        torch.manual_seed(seed)
+        teacher = make()
+        with torch.no_grad():  # a fresh official wrapper has a zero pos_embed; random weights need one
+            teacher.encoder.pos_embed.normal_(0.0, 0.02)
+    return teacher
+
+
+def load_official_checkpoint(
+    teacher: ViTTeacher, state: dict[str, torch.Tensor], checkpoint: str | Path
+) -> None:
+    """Strict-load ``state`` (read from ``checkpoint``) into ``teacher`` and record the file's sha256."""
+    teacher.load_official_state_dict(state, what=str(checkpoint))
+    teacher.checkpoint_sha256 = sha256_file(checkpoint)
+
+
 class ViTTeacher(Teacher):
     """audio (B, S) -> (B, steps, grid_f * D) per-time-step embeddings (5 bands x 768 = 3840 for ViT-B).
 
@@ -153,6 +184,10 @@ class ViTTeacher(Teacher):
         self.embed_dim = vit.grid[0] * vit.embed_dim
         self.chunk_seconds = vit.input_size[1] * frontend.cfg.hop_length / frontend.cfg.sample_rate
         self.checkpoint_sha256 = ""
+
+    def load_official_state_dict(self, state: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+        """Strict-load an official state_dict (each subclass knows its key names)."""
+        raise NotImplementedError
 
     def encode_log_mel(
         self, x: torch.Tensor, all_layers: bool = False, mode: str | None = None

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mobilenetv3 import ConvBNAct, batch_norm, block_specs, make_divisible
+from .mobilenetv3 import ConvBNAct, batch_norm, block_specs, init_efficientat_weights, make_divisible
 
 Context = tuple[Tensor, Tensor, Tensor]  # h_c (B, H, 1, 1), g_f (B, E, F', 1), g_t (B, E, 1, T')
 
@@ -49,8 +49,9 @@ class DynamicConv(nn.Module):
     weight: (1, 1, K, C_out * C_in/groups * k * k) (EfficientAT's layout, one attention group).
     """
 
-    def __init__(self, cin: int, cout: int, context_dim: int, kernel: int, stride: int = 1,
-                 groups: int = 1, k: int = 4) -> None:
+    def __init__(
+        self, cin: int, cout: int, context_dim: int, kernel: int, stride: int = 1, groups: int = 1, k: int = 4
+    ) -> None:
         super().__init__()
         self.cin, self.cout, self.kernel, self.stride, self.groups = cin, cout, kernel, stride, groups
         self.padding = (kernel - 1) // 2
@@ -73,8 +74,9 @@ class DynamicConv(nn.Module):
         w = att @ self.weight[0, 0]  # (B, C_out * C_in/groups * k * k)
         w = w.reshape(b * self.cout, self.cin // self.groups, self.kernel, self.kernel)
         # A different kernel per sample: fold the batch into the channels, groups x B.
-        out = F.conv2d(x.reshape(1, b * self.cin, f, t), w, None, self.stride, self.padding,
-                       groups=self.groups * b)
+        out = F.conv2d(
+            x.reshape(1, b * self.cin, f, t), w, None, self.stride, self.padding, groups=self.groups * b
+        )
         return out.reshape(b, self.cout, out.shape[-2], out.shape[-1])
 
 
@@ -126,12 +128,26 @@ class DyBlock(nn.Module):
     """Dynamic inverted residual block: dy-conv expand -> dy-conv depthwise -> DyReLU ->
     coordinate attention -> dy-conv project (BN after each conv)."""
 
-    def __init__(self, cin: int, kernel: int, expanded: int, cout: int, hardswish: bool, stride: int,
-                 width_mult: float, context_ratio: int = 4, min_context: int = 32, max_context: int = 128,
-                 dyconv_k: int = 4, dyrelu_m: int = 2) -> None:
+    def __init__(
+        self,
+        cin: int,
+        kernel: int,
+        expanded: int,
+        cout: int,
+        hardswish: bool,
+        stride: int,
+        width_mult: float,
+        context_ratio: int = 4,
+        min_context: int = 32,
+        max_context: int = 128,
+        dyconv_k: int = 4,
+        dyrelu_m: int = 2,
+    ) -> None:
         super().__init__()
         ctx = make_divisible(expanded // context_ratio)
-        ctx = min(max(ctx, make_divisible(min_context * width_mult)), make_divisible(max_context * width_mult))
+        ctx = min(
+            max(ctx, make_divisible(min_context * width_mult)), make_divisible(max_context * width_mult)
+        )
         self.context_dim = ctx
         act = nn.Hardswish if hardswish else nn.ReLU
         self.has_expand = expanded != cin
@@ -166,35 +182,36 @@ class DyMNBackbone(nn.Module):
 
     family = "dymn"  # the registry family; keys the paper's parameter count
 
-    def __init__(self, width_mult: float = 1.0, schedule: TemperatureSchedule | None = None,
-                 dyconv_k: int = 4, dyrelu_m: int = 2) -> None:
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        schedule: TemperatureSchedule | None = None,
+        dyconv_k: int = 4,
+        dyrelu_m: int = 2,
+    ) -> None:
         super().__init__()
         specs = block_specs(width_mult)
         self.in_c = ConvBNAct(1, specs[0].cin, 3, stride=2)
         self.layers = nn.ModuleList(
-            DyBlock(s.cin, s.kernel, s.expanded, s.cout, s.hardswish, s.stride, width_mult,
-                    dyconv_k=dyconv_k, dyrelu_m=dyrelu_m)
+            DyBlock(
+                s.cin,
+                s.kernel,
+                s.expanded,
+                s.cout,
+                s.hardswish,
+                s.stride,
+                width_mult,
+                dyconv_k=dyconv_k,
+                dyrelu_m=dyrelu_m,
+            )
             for s in specs
         )
         self.out_dim = 6 * specs[-1].cout
         self.out_c = ConvBNAct(specs[-1].cout, self.out_dim, 1)
         self.width_mult = width_mult
         self.schedule = schedule or TemperatureSchedule()
-        self._init_weights()
+        init_efficientat_weights(self)
         self.set_epoch(0.0)
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
 
     @property
     def temperature(self) -> float:

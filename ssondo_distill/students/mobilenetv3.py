@@ -35,8 +35,16 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
 class ConvBNAct(nn.Sequential):
     """conv (0) -> BN (1) -> activation (2, absent when ``act`` is None); same keys as torchvision's."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                 dilation: int = 1, act: type[nn.Module] | None = nn.Hardswish) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        act: type[nn.Module] | None = nn.Hardswish,
+    ) -> None:
         padding = (kernel - 1) // 2 * dilation
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, groups=groups, bias=False),
@@ -62,11 +70,21 @@ class BlockSpec:
 
 # input, kernel, expanded, output, SE, activation (HS = Hardswish, RE = ReLU), stride
 _MN_TABLE = [
-    (16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2), (24, 3, 72, 24, False, "RE", 1),
-    (24, 5, 72, 40, True, "RE", 2), (40, 5, 120, 40, True, "RE", 1), (40, 5, 120, 40, True, "RE", 1),
-    (40, 3, 240, 80, False, "HS", 2), (80, 3, 200, 80, False, "HS", 1), (80, 3, 184, 80, False, "HS", 1),
-    (80, 3, 184, 80, False, "HS", 1), (80, 3, 480, 112, True, "HS", 1), (112, 3, 672, 112, True, "HS", 1),
-    (112, 5, 672, 160, True, "HS", 2), (160, 5, 960, 160, True, "HS", 1), (160, 5, 960, 160, True, "HS", 1),
+    (16, 3, 16, 16, False, "RE", 1),
+    (16, 3, 64, 24, False, "RE", 2),
+    (24, 3, 72, 24, False, "RE", 1),
+    (24, 5, 72, 40, True, "RE", 2),
+    (40, 5, 120, 40, True, "RE", 1),
+    (40, 5, 120, 40, True, "RE", 1),
+    (40, 3, 240, 80, False, "HS", 2),
+    (80, 3, 200, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 480, 112, True, "HS", 1),
+    (112, 3, 672, 112, True, "HS", 1),
+    (112, 5, 672, 160, True, "HS", 2),
+    (160, 5, 960, 160, True, "HS", 1),
+    (160, 5, 960, 160, True, "HS", 1),
 ]
 
 
@@ -96,7 +114,9 @@ class ConcurrentSE(nn.Module):
 
     def __init__(self, channels: int, se_ratio: int = 4) -> None:
         super().__init__()
-        self.conc_se_layers = nn.ModuleList([SqueezeExcitation(channels, make_divisible(channels // se_ratio))])
+        self.conc_se_layers = nn.ModuleList(
+            [SqueezeExcitation(channels, make_divisible(channels // se_ratio))]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conc_se_layers[0](x)
@@ -111,7 +131,9 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if spec.expanded != spec.cin:
             layers.append(ConvBNAct(spec.cin, spec.expanded, 1, act=act))
-        layers.append(ConvBNAct(spec.expanded, spec.expanded, spec.kernel, spec.stride, groups=spec.expanded, act=act))
+        layers.append(
+            ConvBNAct(spec.expanded, spec.expanded, spec.kernel, spec.stride, groups=spec.expanded, act=act)
+        )
         if spec.use_se:
             layers.append(ConcurrentSE(spec.expanded))
         layers.append(ConvBNAct(spec.expanded, spec.cout, 1, act=None))
@@ -121,6 +143,22 @@ class InvertedResidual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.block(x)
         return out + x if self.use_residual else out
+
+
+def init_efficientat_weights(model: nn.Module) -> None:
+    """EfficientAT's initialisation, shared by MobileNetV3 and DyMN: kaiming fan_out convs (zero bias
+    where there is one), unit / zero batch norms, N(0, 0.01) linears with zero bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 class MobileNetV3Backbone(nn.Module):
@@ -140,19 +178,7 @@ class MobileNetV3Backbone(nn.Module):
         layers.append(ConvBNAct(specs[-1].cout, self.out_dim, 1))
         self.features = nn.Sequential(*layers)
         self.width_mult = width_mult
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # EfficientAT's initialisation (kaiming fan_out convs, N(0, 0.01) linears).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_efficientat_weights(self)
 
     def forward(self, mel: Tensor) -> Tensor:  # (B, 1, F, T) -> (B, C, F', T')
         return self.features(mel)
