@@ -33,15 +33,19 @@ from ssondo_distill.schedule import build_scheduler
 from ssondo_distill.trainer import batch_loss, build_parts, train
 
 
-def step_alone(cfg, teacher_dim: int, sample_rate: int, device: torch.device, batch: int, iters: int) -> float:
+def step_alone(
+    cfg, teacher_dim: int, sample_rate: int, device: torch.device, batch: int, iters: int
+) -> float:
     """Samples/s of the optimisation step on a device-resident batch."""
     parts = build_parts(cfg, teacher_dim, sample_rate, device)
     opt = torch.optim.Adam(parts.student.parameters(), lr=cfg.lr)
     sched = build_scheduler(opt, cfg.schedule, 1000)
     length = int(cfg.clip_seconds * sample_rate)
-    data = {"audio": torch.randint(-8000, 8000, (batch, length), dtype=torch.int16, device=device),
-            "target": torch.randn(batch, teacher_dim, device=device),
-            "cluster": torch.zeros(batch, dtype=torch.long, device=device)}
+    data = {
+        "audio": torch.randint(-8000, 8000, (batch, length), dtype=torch.int16, device=device),
+        "target": torch.randn(batch, teacher_dim, device=device),
+        "cluster": torch.zeros(batch, dtype=torch.long, device=device),
+    }
 
     def one() -> None:
         loss = batch_loss(parts, data)
@@ -66,8 +70,11 @@ def step_alone(cfg, teacher_dim: int, sample_rate: int, device: torch.device, ba
 def whole_loop(cfg) -> float:
     """Median samples/s of the real trainer's logging windows, the first one left out."""
     train(cfg, progress=False)
-    rates = [json.loads(line)["samples_per_s"] for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
-             if "samples_per_s" in line]
+    rates = [
+        json.loads(line)["samples_per_s"]
+        for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
+        if "samples_per_s" in line
+    ]
     if len(rates) < 2:
         raise SystemExit("too few logging windows to measure: raise --steps")
     return statistics.median(rates[1:])
@@ -81,10 +88,14 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=960, help="unique clips in the corpus (10 s, 32 kHz, WAV)")
     ap.add_argument("--steps", type=int, default=120, help="steps of the whole loop")
     ap.add_argument("--iters", type=int, default=40, help="timed steps of the step alone")
-    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="data-loader workers")
+    ap.add_argument(
+        "--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="data-loader workers"
+    )
     ap.add_argument("--compile", action="store_true", help="torch.compile the student in both measurements")
     ap.add_argument("--root", type=Path, default=None, help="keep the corpus here (default: temporary)")
-    ap.add_argument("--cpu-smoke-test", action="store_true", help="tiny run on the CPU: checks the script, no figures")
+    ap.add_argument(
+        "--cpu-smoke-test", action="store_true", help="tiny run on the CPU: checks the script, no figures"
+    )
     a = ap.parse_args()
     if a.cpu_smoke_test:
         device = torch.device("cpu")
@@ -92,8 +103,11 @@ def main() -> None:
         a.workers = min(a.workers, 2)
         print("CPU SMOKE TEST: checks this script runs; the numbers below mean nothing")
     elif not torch.cuda.is_available():
-        print("gpu_train.py measures a CUDA GPU and none is visible here (torch.cuda.is_available() is False).\n"
-              "Run it on a GPU host; `--cpu-smoke-test` only checks the script's logic.", file=sys.stderr)
+        print(
+            "gpu_train.py measures a CUDA GPU and none is visible here (torch.cuda.is_available() is False).\n"
+            "Run it on a GPU host; `--cpu-smoke-test` only checks the script's logic.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     else:
         device = torch.device("cuda")
@@ -103,22 +117,45 @@ def main() -> None:
         seconds = 10.0 if not a.cpu_smoke_test else 2.0
         t0 = time.perf_counter()
         work, _, _ = make_data(root / "data", a.clips, seconds, 32000, a.teacher_dim, 1, k=16)
-        print(f"corpus: {a.clips} clips of {seconds:g} s at 32 kHz (WAV shards), {a.teacher_dim}-d targets, "
-              f"built in {time.perf_counter() - t0:.0f} s")
-        cfg = load_train_config(None, dict(
-            work=str(work), cache="ts1-hop1", out=str(root / "run"), student=a.student, manifest="balanced-k16",
-            clip_seconds=seconds, batch_size=a.batch_size, samples_per_epoch=a.steps * a.batch_size, epochs=1,
-            num_workers=a.workers, val_clips=0, log_every=max(1, a.steps // 8), val_every=10**9,
-            checkpoint_every=10**9, device=device.type, compile=a.compile, shuffle_buffer=1000))
+        print(
+            f"corpus: {a.clips} clips of {seconds:g} s at 32 kHz (WAV shards), {a.teacher_dim}-d targets, "
+            f"built in {time.perf_counter() - t0:.0f} s"
+        )
+        cfg = load_train_config(
+            None,
+            dict(
+                work=str(work),
+                cache="ts1-hop1",
+                out=str(root / "run"),
+                student=a.student,
+                manifest="balanced-k16",
+                clip_seconds=seconds,
+                batch_size=a.batch_size,
+                samples_per_epoch=a.steps * a.batch_size,
+                epochs=1,
+                num_workers=a.workers,
+                val_clips=0,
+                log_every=max(1, a.steps // 8),
+                val_every=10**9,
+                checkpoint_every=10**9,
+                device=device.type,
+                compile=a.compile,
+                shuffle_buffer=1000,
+            ),
+        )
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         alone = step_alone(cfg, a.teacher_dim, 32000, device, a.batch_size, a.iters)
-        print(f"device {name}; student {a.student}; batch {a.batch_size}; {a.workers} workers; "
-              f"precision {'bf16' if device.type == 'cuda' else 'fp32'}{'; compiled' if a.compile else ''}")
+        print(
+            f"device {name}; student {a.student}; batch {a.batch_size}; {a.workers} workers; "
+            f"precision {'bf16' if device.type == 'cuda' else 'fp32'}{'; compiled' if a.compile else ''}"
+        )
         print(f"training step alone : {alone:9.1f} samples/s")
         loop = whole_loop(cfg)
         print(f"whole training loop : {loop:9.1f} samples/s")
         ratio = loop / alone
-        print(f"ratio               : {100 * ratio:.0f} % (target >= 70 %: {'met' if ratio >= 0.7 else 'NOT met'})")
+        print(
+            f"ratio               : {100 * ratio:.0f} % (target >= 70 %: {'met' if ratio >= 0.7 else 'NOT met'})"
+        )
     finally:
         if a.root is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -93,8 +93,10 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         nonlocal corpus
         corpus = build_demo_corpus(corpus_dir, size=settings.size, progress=settings.progress)
         missing = f"; missing: {'; '.join(corpus.problems)}" if corpus.problems else ""
-        return (f"{corpus.n_clips} real clips, {corpus.seconds / 60:.1f} min of audio, "
-                f"{len(corpus.tasks)} dev tasks{missing}")
+        return (
+            f"{corpus.n_clips} real clips, {corpus.seconds / 60:.1f} min of audio, "
+            f"{len(corpus.tasks)} dev tasks{missing}"
+        )
 
     stage("corpus", do_corpus)
 
@@ -102,8 +104,10 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         result = pack([corpus.lists["distill"]], work, shard_size=100, workers=1, progress=settings.progress)
         if not result.complete:
             raise RuntimeError(f"packing did not complete: {result.summary()}")
-        return (f"{result.n_seen} seen = {result.n_packed} packed + {result.n_rejected} rejected, "
-                f"{result.n_shards} shards")
+        return (
+            f"{result.n_seen} seen = {result.n_packed} packed + {result.n_rejected} rejected, "
+            f"{result.n_shards} shards"
+        )
 
     stage("pack", do_pack)
 
@@ -112,8 +116,15 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     def do_extract() -> str:
         parts = []
         for ts in settings.ts:
-            res = extract(work, settings.teacher, ts=ts, device="cpu", batch_size=64, workers=0,
-                          progress=settings.progress)
+            res = extract(
+                work,
+                settings.teacher,
+                ts=ts,
+                device="cpu",
+                batch_size=64,
+                workers=0,
+                progress=settings.progress,
+            )
             if not res.cache_complete:
                 raise RuntimeError(f"extraction at TS {ts} did not complete")
             caches.append(res.name)
@@ -127,14 +138,17 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     cluster_files: dict[str, Path] = {}
 
     def do_cluster() -> str:
-        summary = cluster_cache(work, train_cache, k, seed=0, normalize=True, device="cpu",
-                                progress=settings.progress)
+        summary = cluster_cache(
+            work, train_cache, k, seed=0, normalize=True, device="cpu", progress=settings.progress
+        )
         random_path = write_random_manifest(work, train_cache, seed=0)
         outcome = summary.outcomes[0]
         cluster_files.update(outcome.files, manifest=outcome.manifest, random=random_path)
         sizes = outcome.metrics.get("cluster_sizes", {})
-        return (f"k={k} on {n_clips} clip embeddings, cluster sizes {sizes.get('min')}..{sizes.get('max')}, "
-                f"-> {outcome.manifest.name} + {random_path.name}")
+        return (
+            f"k={k} on {n_clips} clip embeddings, cluster sizes {sizes.get('min')}..{sizes.get('max')}, "
+            f"-> {outcome.manifest.name} + {random_path.name}"
+        )
 
     stage("cluster", do_cluster)
 
@@ -151,13 +165,21 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         parts = []
         manifests = {"balanced": cluster_files["manifest"].stem, "random": "random"}
         for label in settings.students:
-            overrides = {"work": str(work), "cache": train_cache, "out": str(run_dirs[label]),
-                         "manifest": manifests[label], "resume": True, **settings.train_overrides}
+            overrides = {
+                "work": str(work),
+                "cache": train_cache,
+                "out": str(run_dirs[label]),
+                "manifest": manifests[label],
+                "resume": True,
+                **settings.train_overrides,
+            }
             cfg = load_train_config(settings.train_config or default_train_config(), overrides)
             result = train(cfg, progress=settings.progress)
             train_results[label] = result
-            parts.append(f"{label}: val cosine distance {_fmt(result.val_cosine_distance_init)} -> "
-                         f"{_fmt(result.val_cosine_distance)}")
+            parts.append(
+                f"{label}: val cosine distance {_fmt(result.val_cosine_distance_init)} -> "
+                f"{_fmt(result.val_cosine_distance)}"
+            )
         return "; ".join(parts)
 
     stage("train", do_train)
@@ -174,11 +196,19 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         clip_s = _train_clip_seconds(run_dirs[settings.students[0]])
         models = [
             TeacherEmbedder(settings.teacher, ts=settings.ts[0], device="cpu"),
-            *[StudentEmbedder(run_dirs[label], ts=clip_s, name=f"student ({label})") for label in settings.students],
+            *[
+                StudentEmbedder(run_dirs[label], ts=clip_s, name=f"student ({label})")
+                for label in settings.students
+            ],
             LogMelStatsEmbedder(),
         ]
-        result = evaluate(models, tasks, report / "eval", probe_config=ProbeConfig(seeds=tuple(range(settings.probe_seeds))),
-                          progress=settings.progress)
+        result = evaluate(
+            models,
+            tasks,
+            report / "eval",
+            probe_config=ProbeConfig(seeds=tuple(range(settings.probe_seeds))),
+            progress=settings.progress,
+        )
         scores.update(_scores(result))
         return _score_line(scores)
 
@@ -190,8 +220,16 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         from ssondo_eval.ts_sweep import ts_sweep
 
         tasks = demo_tasks(corpus_dir)
-        ts_sweep(work, settings.teacher, list(settings.sweep_ts), tasks, report / "ts-sweep", device="cpu",
-                 probe_config=ProbeConfig(seeds=tuple(range(settings.probe_seeds))), progress=settings.progress)
+        ts_sweep(
+            work,
+            settings.teacher,
+            list(settings.sweep_ts),
+            tasks,
+            report / "ts-sweep",
+            device="cpu",
+            probe_config=ProbeConfig(seeds=tuple(range(settings.probe_seeds))),
+            progress=settings.progress,
+        )
         return f"teacher at TS {', '.join(str(t) for t in settings.sweep_ts)} s -> report/ts-sweep"
 
     if settings.sweep:
@@ -200,10 +238,25 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     total = time.perf_counter() - t_start
     from pipeline.demo_report import write_index
 
-    index = write_index(out, stages=stages, caches=caches, cluster_files=cluster_files,
-                        train_results=train_results, scores=scores, total_seconds=total)
-    write_json(report / "demo.json", {"stages": [s.__dict__ for s in stages], "seconds": total,
-                                      "scores": scores, "caches": caches, "k": k})
+    index = write_index(
+        out,
+        stages=stages,
+        caches=caches,
+        cluster_files=cluster_files,
+        train_results=train_results,
+        scores=scores,
+        total_seconds=total,
+    )
+    write_json(
+        report / "demo.json",
+        {
+            "stages": [s.__dict__ for s in stages],
+            "seconds": total,
+            "scores": scores,
+            "caches": caches,
+            "k": k,
+        },
+    )
     echo(f"demo finished in {total / 60:.1f} min; report: {index}")
     return DemoResult(out=out, report=index, stages=stages, seconds=total, scores=scores, runs=run_dirs)
 
@@ -235,6 +288,3 @@ def _score_line(scores: dict[str, dict[str, float]]) -> str:
         mean = sum(per_task.values()) / max(1, len(per_task))
         parts.append(f"{label} {mean:.3f}")
     return "average score: " + ", ".join(parts)
-
-
-

@@ -210,8 +210,9 @@ def extract(
     support = TemporalSupport.parse(ts, hop)
     dev = resolve_device(device)  # cuda without a GPU raises here: never a quiet CPU run
     # "auto" goes to build_teacher as is: a CPU-only teacher (onnxruntime) then stays on the CPU
-    teacher = build_teacher(teacher_spec, checkpoint, device=device if device == "auto" else dev,
-                            **(teacher_options or {}))
+    teacher = build_teacher(
+        teacher_spec, checkpoint, device=device if device == "auto" else dev, **(teacher_options or {})
+    )
     if teacher.cpu_only:
         dev = torch.device("cpu")
     if device == "auto":

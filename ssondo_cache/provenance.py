@@ -17,7 +17,10 @@ def code_version() -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def mixup(x: Tensor, alpha: float = 0.3, generator: torch.Generator | None = None
-          ) -> tuple[Tensor, Tensor, Tensor]:
+def mixup(
+    x: Tensor, alpha: float = 0.3, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Mix each sample with a random partner: x'_i = lam_i x_i + (1 - lam_i) x_perm[i].
 
     x: (B, ...) audio (B, S) or mel (B, 1, F, T) -> (mixed like x, perm (B,) long, lam (B,)).
@@ -49,8 +50,14 @@ class SpecAugment(nn.Module):
     training mode only. Each of ``n_freq_masks`` masks spans [0, freq_mask) bands, each of
     ``n_time_masks`` spans [0, time_mask) frames; masked cells are set to ``mask_value``."""
 
-    def __init__(self, freq_mask: int = 48, time_mask: int = 192, n_freq_masks: int = 1,
-                 n_time_masks: int = 1, mask_value: float = 0.0) -> None:
+    def __init__(
+        self,
+        freq_mask: int = 48,
+        time_mask: int = 192,
+        n_freq_masks: int = 1,
+        n_time_masks: int = 1,
+        mask_value: float = 0.0,
+    ) -> None:
         super().__init__()
         self.freq_mask, self.time_mask = freq_mask, time_mask
         self.n_freq_masks, self.n_time_masks = n_freq_masks, n_time_masks

@@ -57,25 +57,40 @@ def _frontend_dict(frontend_cfg: LogMelConfig | StudentFrontEnd | dict[str, Any]
     return StudentFrontEnd(**frontend_cfg).config()  # validates, fills defaults
 
 
-def save_student(path: str | Path, student: Student, frontend_cfg: LogMelConfig | StudentFrontEnd | dict[str, Any],
-                 teacher_id: str, teacher_dim: int, extra: dict[str, Any] | None = None) -> Path:
+def save_student(
+    path: str | Path,
+    student: Student,
+    frontend_cfg: LogMelConfig | StudentFrontEnd | dict[str, Any],
+    teacher_id: str,
+    teacher_dim: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``student`` (weights + rebuild config), its front-end and its teacher to ``path``."""
     if teacher_dim != student.teacher_dim:
-        raise CheckpointMismatch(f"student {student.name!r} projects to {student.teacher_dim} dims, "
-                                 f"but teacher {teacher_id!r} has {teacher_dim}")
+        raise CheckpointMismatch(
+            f"student {student.name!r} projects to {student.teacher_dim} dims, "
+            f"but teacher {teacher_id!r} has {teacher_dim}"
+        )
     extra = dict(extra or {})
     try:  # plain data only: weights_only loading refuses anything else
         json.dumps(extra, allow_nan=True)
     except TypeError as e:
         raise ValueError(f"checkpoint extra must be JSON-like plain data: {e}") from None
     payload = {
-        "format": FORMAT, "version": VERSION,
-        "student": student.config(), "frontend": _frontend_dict(frontend_cfg),
-        "teacher_id": str(teacher_id), "teacher_dim": int(teacher_dim), "backbone_dim": student.backbone_dim,
-        "state_dict": {k: v.detach().cpu() if isinstance(v, Tensor) else v
-                       for k, v in student.state_dict().items()},
-        "init_info": json.loads(json.dumps(student.init_info)), "extra": extra,
-        "code_version": code_version(), "created": now_iso(),
+        "format": FORMAT,
+        "version": VERSION,
+        "student": student.config(),
+        "frontend": _frontend_dict(frontend_cfg),
+        "teacher_id": str(teacher_id),
+        "teacher_dim": int(teacher_dim),
+        "backbone_dim": student.backbone_dim,
+        "state_dict": {
+            k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in student.state_dict().items()
+        },
+        "init_info": json.loads(json.dumps(student.init_info)),
+        "extra": extra,
+        "code_version": code_version(),
+        "created": now_iso(),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -95,15 +110,23 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
         raise FileNotFoundError(f"no student checkpoint at {path}")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointMismatch(f"{path} is not an ssondo student checkpoint (format "
-                                 f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+        raise CheckpointMismatch(
+            f"{path} is not an ssondo student checkpoint (format "
+            f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})"
+        )
     if ckpt.get("version") != VERSION:
-        raise CheckpointMismatch(f"{path}: checkpoint version {ckpt.get('version')}, this code reads {VERSION}")
+        raise CheckpointMismatch(
+            f"{path}: checkpoint version {ckpt.get('version')}, this code reads {VERSION}"
+        )
     return ckpt
 
 
-def load_student(path: str | Path, expect_student: str | None = None, expect_teacher_dim: int | None = None,
-                 map_location: str | torch.device = "cpu") -> tuple[AudioStudent, dict[str, Any]]:
+def load_student(
+    path: str | Path,
+    expect_student: str | None = None,
+    expect_teacher_dim: int | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[AudioStudent, dict[str, Any]]:
     """Rebuild the student of ``path`` with its front-end, weights loaded strictly, in eval mode.
 
     ``expect_student`` / ``expect_teacher_dim``: refuse (CheckpointMismatch naming both sides)
@@ -115,8 +138,10 @@ def load_student(path: str | Path, expect_student: str | None = None, expect_tea
     if expect_student is not None and expect_student != name:
         raise CheckpointMismatch(f"{path} holds student {name!r}, but {expect_student!r} was expected")
     if expect_teacher_dim is not None and int(expect_teacher_dim) != int(teacher_dim):
-        raise CheckpointMismatch(f"{path} was trained for a {teacher_dim}-d teacher ({ckpt['teacher_id']}), "
-                                 f"but a {expect_teacher_dim}-d teacher was expected")
+        raise CheckpointMismatch(
+            f"{path} was trained for a {teacher_dim}-d teacher ({ckpt['teacher_id']}), "
+            f"but a {expect_teacher_dim}-d teacher was expected"
+        )
     student = build_student(name, teacher_dim, **cfg)
     student.load_state_dict(ckpt["state_dict"], strict=True)
     student.init_info = ckpt.get("init_info", {})

@@ -71,7 +71,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
-            (self.target_norm in TARGET_NORMS, f"target_norm must be one of {TARGET_NORMS}, got {self.target_norm!r}"),
+            (
+                self.target_norm in TARGET_NORMS,
+                f"target_norm must be one of {TARGET_NORMS}, got {self.target_norm!r}",
+            ),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -79,15 +82,23 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.bn_momentum is None or 0 < self.bn_momentum <= 1, f"bn_momentum must be in (0, 1], got {self.bn_momentum}"),
+            (
+                self.bn_momentum is None or 0 < self.bn_momentum <= 1,
+                f"bn_momentum must be in (0, 1], got {self.bn_momentum}",
+            ),
             (self.clip_seconds > 0, f"clip_seconds must be > 0, got {self.clip_seconds}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0, got {self.mixup_alpha}"),
             (self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
             (self.val_clips >= 0, f"val_clips must be >= 0, got {self.val_clips}"),
-            (min(self.val_every, self.log_every, self.checkpoint_every, self.keep_checkpoints) >= 1,
-             "val_every, log_every, checkpoint_every and keep_checkpoints must be >= 1"),
-            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or null, got {self.grad_clip}"),
+            (
+                min(self.val_every, self.log_every, self.checkpoint_every, self.keep_checkpoints) >= 1,
+                "val_every, log_every, checkpoint_every and keep_checkpoints must be >= 1",
+            ),
+            (
+                self.grad_clip is None or self.grad_clip > 0,
+                f"grad_clip must be > 0 or null, got {self.grad_clip}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -97,7 +108,9 @@ class TrainConfig:
         """`work`, `cache` and `out` have no sensible default: say which one is missing."""
         missing = [name for name in ("work", "cache", "out") if not getattr(self, name)]
         if missing:
-            raise ConfigError(f"TrainConfig: missing {', '.join(missing)} (give them in the config file or as flags)")
+            raise ConfigError(
+                f"TrainConfig: missing {', '.join(missing)} (give them in the config file or as flags)"
+            )
 
 
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

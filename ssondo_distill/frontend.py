@@ -54,17 +54,31 @@ class LogMelConfig:
     @classmethod
     def efficientat(cls, **overrides: Any) -> LogMelConfig:
         """EfficientAT's front-end (``AugmentMelSTFT`` eval mode, fmax None -> sr/2 - 1000)."""
-        base = dict(kind="efficientat", sample_rate=32000, n_fft=1024, win_length=800, hop_length=320,
-                    n_mels=128, f_min=0.0, f_max=15000.0, log_offset=1e-5, center=True, preemphasis=0.97,
-                    norm_mean=-4.5, norm_std=5.0)
+        base = dict(
+            kind="efficientat",
+            sample_rate=32000,
+            n_fft=1024,
+            win_length=800,
+            hop_length=320,
+            n_mels=128,
+            f_min=0.0,
+            f_max=15000.0,
+            log_offset=1e-5,
+            center=True,
+            preemphasis=0.97,
+            norm_mean=-4.5,
+            norm_std=5.0,
+        )
         return from_dict(cls, {**base, **overrides})
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}, "
-                             f"{self.sample_rate}")
+            raise ValueError(
+                f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}, "
+                f"{self.sample_rate}"
+            )
 
 
 class _MelBase(nn.Module):
@@ -83,8 +97,16 @@ class _MelBase(nn.Module):
         if c.preemphasis:
             x = x[:, 1:] - c.preemphasis * x[:, :-1]
         with torch.autocast(device_type=x.device.type, enabled=False):  # mel in fp32 always
-            spec = torch.stft(x, c.n_fft, c.hop_length, c.win_length, self.window, center=c.center,
-                              pad_mode="reflect", return_complex=True)
+            spec = torch.stft(
+                x,
+                c.n_fft,
+                c.hop_length,
+                c.win_length,
+                self.window,
+                center=c.center,
+                pad_mode="reflect",
+                return_complex=True,
+            )
             power = spec.real.square() + spec.imag.square()  # (B, n_fft//2+1, T)
             mel = torch.matmul(self.banks, power)  # (B, n_mels, T)
             logmel = torch.log(mel + c.log_offset)
@@ -94,16 +116,24 @@ class _MelBase(nn.Module):
 @FRONTENDS.register("logmel")
 class LogMel(_MelBase):
     def __init__(self, cfg: LogMelConfig) -> None:
-        banks = torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels,
-                                                      cfg.sample_rate, norm="slaney", mel_scale="slaney")
+        banks = torchaudio.functional.melscale_fbanks(
+            cfg.n_fft // 2 + 1,
+            cfg.f_min,
+            cfg.f_max,
+            cfg.n_mels,
+            cfg.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         super().__init__(cfg, torch.hann_window(cfg.win_length, periodic=True), banks.T.contiguous())
 
 
 @FRONTENDS.register("efficientat")
 class EfficientATMel(_MelBase):
     def __init__(self, cfg: LogMelConfig) -> None:
-        banks, _ = torchaudio.compliance.kaldi.get_mel_banks(cfg.n_mels, cfg.n_fft, float(cfg.sample_rate),
-                                                             cfg.f_min, cfg.f_max, 100.0, -500.0, 1.0)
+        banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+            cfg.n_mels, cfg.n_fft, float(cfg.sample_rate), cfg.f_min, cfg.f_max, 100.0, -500.0, 1.0
+        )
         banks = F.pad(banks, (0, 1))  # Kaldi banks omit the Nyquist bin
         super().__init__(cfg, torch.hann_window(cfg.win_length, periodic=False), banks)
 

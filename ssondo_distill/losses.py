@@ -35,8 +35,10 @@ class DistillLoss(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor, **extra: Any) -> Tensor:
         if pred.shape != target.shape or pred.ndim != 2:
-            raise ValueError(f"{type(self).__name__}: pred {tuple(pred.shape)} and target "
-                             f"{tuple(target.shape)} must both be (B, D)")
+            raise ValueError(
+                f"{type(self).__name__}: pred {tuple(pred.shape)} and target "
+                f"{tuple(target.shape)} must both be (B, D)"
+            )
         return self.per_sample(pred, target, **extra).mean()
 
 
@@ -151,7 +153,9 @@ class ClusterContrastiveLoss(DistillLoss):
         same = clusters[:, None] == clusters[None, :]
         return same & ~torch.eye(len(clusters), dtype=torch.bool, device=clusters.device)
 
-    def per_sample(self, pred: Tensor, target: Tensor, clusters: Tensor | None = None, **extra: Any) -> Tensor:
+    def per_sample(
+        self, pred: Tensor, target: Tensor, clusters: Tensor | None = None, **extra: Any
+    ) -> Tensor:
         if clusters is None:
             raise ValueError("cluster_contrastive needs clusters=(B,) cluster ids (use a balanced manifest)")
         if clusters.shape != (pred.shape[0],):
@@ -164,8 +168,9 @@ def build_loss(name: str, **opts: Any) -> DistillLoss:
     return LOSSES.build(name, **opts)  # type: ignore[return-value]
 
 
-def mixup_loss(loss: DistillLoss, pred: Tensor, target: Tensor, perm: Tensor, lam: Tensor,
-               **extra: Any) -> Tensor:
+def mixup_loss(
+    loss: DistillLoss, pred: Tensor, target: Tensor, perm: Tensor, lam: Tensor, **extra: Any
+) -> Tensor:
     """Loss of predictions on mixed inputs x_i' = lam_i x_i + (1 - lam_i) x_perm[i]:
 
         mean_i [ lam_i * l_i(pred, target) + (1 - lam_i) * l_i(pred, target[perm]) ]
@@ -176,7 +181,9 @@ def mixup_loss(loss: DistillLoss, pred: Tensor, target: Tensor, perm: Tensor, la
     b = pred.shape[0]
     if perm.shape != (b,) or lam.shape != (b,):
         raise ValueError(f"perm and lam must be ({b},), got {tuple(perm.shape)} and {tuple(lam.shape)}")
-    extra_perm = {k: v[perm] if isinstance(v, Tensor) and v.shape[:1] == (b,) else v for k, v in extra.items()}
+    extra_perm = {
+        k: v[perm] if isinstance(v, Tensor) and v.shape[:1] == (b,) else v for k, v in extra.items()
+    }
     lam = _f32(lam)
     first = loss.per_sample(pred, target, **extra)
     second = loss.per_sample(pred, target[perm], **extra_perm)

@@ -25,8 +25,20 @@ FORMAT = "ssondo-train-state"
 VERSION = 1
 CKPT = re.compile(r"step-(\d+)\.pt$")
 # settings that do not change the weights: they may differ between a run and its resumption
-NOT_IDENTITY = ("work", "out", "resume", "dry_run", "max_steps", "val_every", "log_every", "checkpoint_every",
-                "keep_checkpoints", "device", "num_workers", "teacher")
+NOT_IDENTITY = (
+    "work",
+    "out",
+    "resume",
+    "dry_run",
+    "max_steps",
+    "val_every",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "device",
+    "num_workers",
+    "teacher",
+)
 
 
 def _plain(x: Any) -> Any:
@@ -37,25 +49,46 @@ def identity(cfg: Any, data: Any, world_size: int) -> dict[str, Any]:
     """Every setting the weights depend on (JSON-plain, comparable)."""
     out = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IDENTITY}
     cache = Path(data.view.cache_path)
-    out.update(cache=f"{cache.parent.name}/{cache.name.removesuffix('.zarr')}",  # resolved: a suffix may name it
-               manifest=data.manifest, readers_per_rank=max(1, cfg.num_workers), world_size=world_size,
-               teacher_id=data.cache_attrs.get("teacher_id"), teacher_dim=data.embed_dim,
-               clips_fingerprint=data.cache_attrs.get("clips_fingerprint"))
+    out.update(
+        cache=f"{cache.parent.name}/{cache.name.removesuffix('.zarr')}",  # resolved: a suffix may name it
+        manifest=data.manifest,
+        readers_per_rank=max(1, cfg.num_workers),
+        world_size=world_size,
+        teacher_id=data.cache_attrs.get("teacher_id"),
+        teacher_dim=data.embed_dim,
+        clips_fingerprint=data.cache_attrs.get("clips_fingerprint"),
+    )
     return _plain(out)
 
 
 def provenance(cfg: Any, data: Any, ident: dict[str, Any], world_size: int) -> dict[str, Any]:
     """RUN/config.json: the config plus what it resolved to (teacher, cache, TS, manifest)."""
     a = data.cache_attrs
-    return _plain({
-        "config": to_dict(cfg), "teacher": a.get("teacher"), "teacher_id": a.get("teacher_id"),
-        "teacher_dim": data.embed_dim, "cache": cfg.cache, "cache_path": data.view.cache_path,
-        "ts": a.get("ts"), "hop": a.get("hop"), "manifest": data.manifest, "manifest_kind": data.table.kind,
-        "manifest_meta": data.table.meta, "clips_fingerprint": a.get("clips_fingerprint"),
-        "student": cfg.student, "loss": cfg.loss, "seed": cfg.seed, "world_size": world_size,
-        "target": cfg.target, "clip_seconds": data.view.crop_samples / data.view.sample_rate,
-        "identity": ident, "code_version": code_version(), "written": now_iso(),
-    })
+    return _plain(
+        {
+            "config": to_dict(cfg),
+            "teacher": a.get("teacher"),
+            "teacher_id": a.get("teacher_id"),
+            "teacher_dim": data.embed_dim,
+            "cache": cfg.cache,
+            "cache_path": data.view.cache_path,
+            "ts": a.get("ts"),
+            "hop": a.get("hop"),
+            "manifest": data.manifest,
+            "manifest_kind": data.table.kind,
+            "manifest_meta": data.table.meta,
+            "clips_fingerprint": a.get("clips_fingerprint"),
+            "student": cfg.student,
+            "loss": cfg.loss,
+            "seed": cfg.seed,
+            "world_size": world_size,
+            "target": cfg.target,
+            "clip_seconds": data.view.crop_samples / data.view.sample_rate,
+            "identity": ident,
+            "code_version": code_version(),
+            "written": now_iso(),
+        }
+    )
 
 
 def _differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
@@ -68,11 +101,14 @@ def check_identity(source: Path, have: dict[str, Any], want: dict[str, Any]) -> 
         raise CheckpointMismatch(
             f"{source} holds student {have.get('student')!r} for a {have.get('teacher_dim')}-d teacher "
             f"({have.get('teacher_id')}); this run trains student {want.get('student')!r} for a "
-            f"{want.get('teacher_dim')}-d teacher ({want.get('teacher_id')})")
+            f"{want.get('teacher_dim')}-d teacher ({want.get('teacher_id')})"
+        )
     diff = _differences(have, want)
     if diff:
-        raise CheckpointMismatch(f"{source} belongs to a run with other settings ({'; '.join(diff)}): "
-                                 "use the same settings to resume, or another --out")
+        raise CheckpointMismatch(
+            f"{source} belongs to a run with other settings ({'; '.join(diff)}): "
+            "use the same settings to resume, or another --out"
+        )
 
 
 def finished_result(run: Path, ident: dict[str, Any], end_step: int) -> dict[str, Any] | None:
@@ -89,7 +125,9 @@ def finished_result(run: Path, ident: dict[str, Any], end_step: int) -> dict[str
 
 
 def latest_checkpoint(run: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step-*.pt") if (m := CKPT.search(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in (run / "checkpoints").glob("step-*.pt") if (m := CKPT.search(p.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -100,8 +138,18 @@ def _rng_state(parts: Any) -> dict[str, Any]:
     return state
 
 
-def save(run: Path, step: int, steps_per_epoch: int, ident: dict[str, Any], parts: Any,
-         optimizer: torch.optim.Optimizer, scheduler: Any, rank: int, world_size: int, keep: int) -> Path | None:
+def save(
+    run: Path,
+    step: int,
+    steps_per_epoch: int,
+    ident: dict[str, Any],
+    parts: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int,
+    world_size: int,
+    keep: int,
+) -> Path | None:
     """Rank 0 writes RUN/checkpoints/step-N.pt with every rank's RNG state; older ones beyond
     ``keep`` are removed only after the new one is in place."""
     rng = [None] * world_size
@@ -113,13 +161,21 @@ def save(run: Path, step: int, steps_per_epoch: int, ident: dict[str, Any], part
         return None
     path = run / "checkpoints" / f"step-{step:09d}.pt"
     payload = {
-        "format": FORMAT, "version": VERSION, "step": step, "identity": json.dumps(ident, sort_keys=True),
+        "format": FORMAT,
+        "version": VERSION,
+        "step": step,
+        "identity": json.dumps(ident, sort_keys=True),
         # the data position: batches are a pure function of (seed, epoch, step in epoch), so this is all
         # a resumed stream needs (it skips whole shuffle windows without reading them)
         "data_position": {"epoch": step // steps_per_epoch, "step_in_epoch": step % steps_per_epoch},
-        "model": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in parts.student.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": [{k: v.cpu() for k, v in r.items()} for r in rng], "written": now_iso(),
+        "model": {
+            k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in parts.student.state_dict().items()
+        },
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": [{k: v.cpu() for k, v in r.items()} for r in rng],
+        "written": now_iso(),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -129,8 +185,15 @@ def save(run: Path, step: int, steps_per_epoch: int, ident: dict[str, Any], part
     return path
 
 
-def load(path: Path, ident: dict[str, Any], parts: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-         rank: int, world_size: int) -> int:
+def load(
+    path: Path,
+    ident: dict[str, Any],
+    parts: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int,
+    world_size: int,
+) -> int:
     """Restore a checkpoint into this process; returns the step to continue from."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("version") != VERSION:
@@ -187,7 +250,9 @@ def truncate_metrics(path: Path, step: int) -> None:
     if step == 0:
         path.unlink()
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+    ]
     write_text(path, "".join(line + "\n" for line in keep))
 
 

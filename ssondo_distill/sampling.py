@@ -45,7 +45,9 @@ class SamplingTable:
         n = len(self.rows)
         for name in ("keys", "shards", "clusters", "weights"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"sampling table: {name} has {len(getattr(self, name))} entries, rows has {n}")
+                raise ValueError(
+                    f"sampling table: {name} has {len(getattr(self, name))} entries, rows has {n}"
+                )
         if n == 0:
             raise ValueError("sampling table is empty: no clip to train on")
         if np.any(np.diff(self.rows) <= 0):
@@ -59,7 +61,9 @@ class SamplingTable:
     def cluster_targets(self) -> dict[int, float]:
         """Target share of each cluster: the sum of its clips' weights (normalised)."""
         total = self.weights.sum()
-        return {int(c): float(self.weights[self.clusters == c].sum() / total) for c in np.unique(self.clusters)}
+        return {
+            int(c): float(self.weights[self.clusters == c].sum() / total) for c in np.unique(self.clusters)
+        }
 
 
 def make_table(
@@ -112,8 +116,13 @@ def split_holdout(table: SamplingTable, n_val: int, seed: int) -> tuple[Sampling
     if w.sum() <= 0:
         raise ValueError("all sampling weight is on the validation clips; use fewer validation clips")
     train = SamplingTable(
-        keys=table.keys[keep], rows=table.rows[keep], shards=table.shards[keep],
-        clusters=table.clusters[keep], weights=w / w.sum(), kind=table.kind, meta=table.meta,
+        keys=table.keys[keep],
+        rows=table.rows[keep],
+        shards=table.shards[keep],
+        clusters=table.clusters[keep],
+        weights=w / w.sum(),
+        kind=table.kind,
+        meta=table.meta,
     )
     return train, val
 
@@ -197,7 +206,9 @@ def plan_epoch(
     return EpochPlan(epoch, counts, shard_order, readers, per_worker * world_size, steps, batch_size)
 
 
-def _cut(table: SamplingTable, seq: np.ndarray, seq_counts: np.ndarray, quotas: list[int]) -> list[list[Segment]]:
+def _cut(
+    table: SamplingTable, seq: np.ndarray, seq_counts: np.ndarray, quotas: list[int]
+) -> list[list[Segment]]:
     """Cut the read sequence into consecutive pieces of exactly ``quotas`` samples each."""
     ends = np.cumsum(seq_counts)
     starts = ends - seq_counts

@@ -77,23 +77,33 @@ def resolve_manifest(work: str | Path, manifest: str) -> Path | None:
     return path
 
 
-def open_training_data(work: str | Path, cache: str, manifest: str, target: str, clip_seconds: float,
-                       teacher: str | None = None) -> TrainingData:
+def open_training_data(
+    work: str | Path, cache: str, manifest: str, target: str, clip_seconds: float, teacher: str | None = None
+) -> TrainingData:
     """Open and cross-check the cache, the sampling manifest and the packed shards of ``work``."""
     store = open_cache(work, cache)  # refuses a cache made from another clips manifest
     attrs = store.attrs
     if teacher is not None and attrs.get("teacher") != teacher:
-        raise DataMismatchError(f"cache {store.name} holds teacher {attrs.get('teacher')!r} embeddings; this "
-                                f"configuration distils teacher {teacher!r}")
+        raise DataMismatchError(
+            f"cache {store.name} holds teacher {attrs.get('teacher')!r} embeddings; this "
+            f"configuration distils teacher {teacher!r}"
+        )
     if not store.is_complete():
-        raise DataMismatchError(f"cache {store.name} is not complete: {store.missing_rows()} of {store.n_rows} "
-                                "rows missing; finish `ssondo extract` first")
+        raise DataMismatchError(
+            f"cache {store.name} is not complete: {store.missing_rows()} of {store.n_rows} "
+            "rows missing; finish `ssondo extract` first"
+        )
     clips = read_clips(work)
     keys = np.asarray(clips.column("key").to_pylist(), dtype=object)
     path = resolve_manifest(work, manifest)
     if path is None:
-        table = sampling.make_table(keys, clips.column("row").to_numpy(), clips.column("shard").to_numpy(),
-                                    kind="random", meta={"kind": "random"})
+        table = sampling.make_table(
+            keys,
+            clips.column("row").to_numpy(),
+            clips.column("shard").to_numpy(),
+            kind="random",
+            meta={"kind": "random"},
+        )
     else:
         table = _manifest_table(path, keys, clips.column("shard").to_numpy(), attrs, store.name)
     sample_rate = int(attrs["sample_rate"])
@@ -107,9 +117,13 @@ def open_training_data(work: str | Path, cache: str, manifest: str, target: str,
         crop, hop = round(clip_seconds * sample_rate), 0
     ws = Workspace(work)
     view = CorpusView(
-        shard_paths=tuple(str(ws.shard_path(s)) for s in range(store.n_shards)), cache_path=str(store.path),
+        shard_paths=tuple(str(ws.shard_path(s)) for s in range(store.n_shards)),
+        cache_path=str(store.path),
         shard_offsets=tuple(int(store.shard_rows(s)[0]) for s in range(store.n_shards)) + (store.n_rows,),
-        sample_rate=sample_rate, target=target, crop_samples=crop, window_hop=hop,
+        sample_rate=sample_rate,
+        target=target,
+        crop_samples=crop,
+        window_hop=hop,
     )
     missing = [p for p in view.shard_paths if not Path(p).is_file()]
     if missing:
@@ -117,50 +131,70 @@ def open_training_data(work: str | Path, cache: str, manifest: str, target: str,
     return TrainingData(view, table, "random" if path is None else str(path), attrs, store.embed_dim)
 
 
-def _manifest_table(path: Path, keys: np.ndarray, shard_of_row: np.ndarray, attrs: dict,
-                    cache_name: str) -> sampling.SamplingTable:
+def _manifest_table(
+    path: Path, keys: np.ndarray, shard_of_row: np.ndarray, attrs: dict, cache_name: str
+) -> sampling.SamplingTable:
     table, meta = read_sampling_manifest(path)
-    for field, have in (("teacher_id", attrs.get("teacher_id")), ("clips_fingerprint", attrs.get("clips_fingerprint"))):
+    for field, have in (
+        ("teacher_id", attrs.get("teacher_id")),
+        ("clips_fingerprint", attrs.get("clips_fingerprint")),
+    ):
         if meta.get(field) is not None and meta[field] != have:
-            raise DataMismatchError(f"manifest {path} was built for {field} {meta[field]!r}, but cache "
-                                    f"{cache_name} has {field} {have!r}: they do not belong together")
+            raise DataMismatchError(
+                f"manifest {path} was built for {field} {meta[field]!r}, but cache "
+                f"{cache_name} has {field} {have!r}: they do not belong together"
+            )
     rows = table.column("row").to_numpy()
     if "window" in table.column_names or len(np.unique(rows)) != len(rows):
-        raise DataMismatchError(f"manifest {path} has one row per window; training samples clips: cluster "
-                                "with --level clip")
+        raise DataMismatchError(
+            f"manifest {path} has one row per window; training samples clips: cluster with --level clip"
+        )
     if len(rows) and (rows.min() < 0 or rows.max() >= len(keys)):
-        raise DataMismatchError(f"manifest {path} points at rows up to {rows.max()}; the shards hold {len(keys)}")
+        raise DataMismatchError(
+            f"manifest {path} points at rows up to {rows.max()}; the shards hold {len(keys)}"
+        )
     mkeys = np.asarray(table.column("key").to_pylist(), dtype=object)
     bad = np.flatnonzero(keys[rows] != mkeys)
     if len(bad):
-        raise DataMismatchError(f"manifest {path}: {len(bad)} key(s) are not in the shards at their rows, first "
-                                f"{mkeys[bad[0]]!r} at row {rows[bad[0]]} (shards have {keys[rows[bad[0]]]!r})")
+        raise DataMismatchError(
+            f"manifest {path}: {len(bad)} key(s) are not in the shards at their rows, first "
+            f"{mkeys[bad[0]]!r} at row {rows[bad[0]]} (shards have {keys[rows[bad[0]]]!r})"
+        )
     shards = table.column("shard").to_numpy()
     moved = np.flatnonzero(shard_of_row[rows] != shards)
     if len(moved):
-        raise DataMismatchError(f"manifest {path}: row {rows[moved[0]]} is in tar shard {shard_of_row[rows[moved[0]]]}, "
-                                f"the manifest says {shards[moved[0]]} ({len(moved)} such rows)")
-    if pc.any(pc.is_null(table.column("cluster"))).as_py() or pc.any(pc.is_null(table.column("weight"))).as_py():
+        raise DataMismatchError(
+            f"manifest {path}: row {rows[moved[0]]} is in tar shard {shard_of_row[rows[moved[0]]]}, "
+            f"the manifest says {shards[moved[0]]} ({len(moved)} such rows)"
+        )
+    if (
+        pc.any(pc.is_null(table.column("cluster"))).as_py()
+        or pc.any(pc.is_null(table.column("weight"))).as_py()
+    ):
         raise DataMismatchError(f"manifest {path} has clips without a cluster or a weight")
     weights = table.column("weight").to_numpy()
     clusters = table.column("cluster").to_numpy()
-    return sampling.make_table(mkeys, rows, shards, weights, clusters,
-                               kind=str(meta.get("kind", "balanced")), meta=meta)
+    return sampling.make_table(
+        mkeys, rows, shards, weights, clusters, kind=str(meta.get("kind", "balanced")), meta=meta
+    )
 
 
 # ---------------------------------------------------------------- reading one segment
 
 
-def _read_segment(view: CorpusView, store: CacheStore, table: sampling.SamplingTable,
-                  segment: sampling.Segment) -> tuple[list[tuple[memoryview, str]], np.ndarray, np.ndarray | None]:
+def _read_segment(
+    view: CorpusView, store: CacheStore, table: sampling.SamplingTable, segment: sampling.Segment
+) -> tuple[list[tuple[memoryview, str]], np.ndarray, np.ndarray | None]:
     """Audio bytes of the segment's clips (tar order) and their targets, from one block read.
 
     Returns (audio [(bytes, ext)] per item, targets (n, D) or (n, W, D) float32, n_windows (n,) or None)."""
     start, stop = view.shard_rows(segment.shard)
     rows = table.rows[segment.positions]
     if rows[0] < start or rows[-1] >= stop:
-        raise DataMismatchError(f"manifest rows {rows[0]}..{rows[-1]} are not in tar shard {segment.shard} "
-                                f"(rows {start}..{stop - 1} in the cache)")
+        raise DataMismatchError(
+            f"manifest rows {rows[0]}..{rows[-1]} are not in tar shard {segment.shard} "
+            f"(rows {start}..{stop - 1} in the cache)"
+        )
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     if view.target == "window":
         targets, n_windows = store.read_windows(lo, hi)
@@ -174,8 +208,10 @@ def _read_segment(view: CorpusView, store: CacheStore, table: sampling.SamplingT
         if item is None:
             continue
         if key != table.keys[segment.positions[item]]:
-            raise DataMismatchError(f"{url}: clip {index} is {key!r}, the manifest says row {start + index} is "
-                                    f"{table.keys[segment.positions[item]]!r}: shards and manifest do not belong together")
+            raise DataMismatchError(
+                f"{url}: clip {index} is {key!r}, the manifest says row {start + index} is "
+                f"{table.keys[segment.positions[item]]!r}: shards and manifest do not belong together"
+            )
         ext = next((e for e in FORMATS if e in members), None)
         if ext is None:
             raise DataMismatchError(f"{url}: clip {key!r} has no audio member (has {sorted(members)})")
@@ -207,7 +243,7 @@ def tar_clips(path: str, stop: int) -> Iterator[tuple[int, str, dict[str, memory
                     index, key, group = index + 1, k, {}
                     if index >= stop:
                         return
-                group[ext.lower()] = data[member.offset_data:member.offset_data + member.size]
+                group[ext.lower()] = data[member.offset_data : member.offset_data + member.size]
         if key is not None:
             yield index, key, group
 
@@ -221,7 +257,7 @@ def pcm16(data: bytes | memoryview, ext: str) -> tuple[np.ndarray, int]:
     if ext == "wav" and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         pos, fmt = 12, None
         while pos + 8 <= len(data):
-            cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+            cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
             if cid == b"fmt ":
                 fmt = struct.unpack_from("<HHI", data, pos + 8) + struct.unpack_from("<H", data, pos + 22)
             elif cid == b"data" and fmt is not None and (fmt[0], fmt[1], fmt[3]) == (1, 1, 16):
@@ -234,7 +270,7 @@ def pcm16(data: bytes | memoryview, ext: str) -> tuple[np.ndarray, int]:
 
 def fit_length(x: np.ndarray, length: int, offset: int) -> np.ndarray:
     """x[offset:offset+length], zero-padded at the end when too short."""
-    out = x[offset:offset + length]
+    out = x[offset : offset + length]
     return out if len(out) == length else np.pad(out, (0, length - len(out)))
 
 
@@ -277,9 +313,17 @@ class BalancedStream(IterableDataset):
 
     def plan(self, epoch: int) -> sampling.EpochPlan:
         if epoch not in self._plans:
-            self._plans = {epoch: sampling.plan_epoch(
-                self.table, seed=self.cfg.seed, epoch=epoch, steps=self.cfg.steps_per_epoch,
-                batch_size=self.cfg.batch_size, world_size=self.cfg.world_size, workers=self.cfg.workers)}
+            self._plans = {
+                epoch: sampling.plan_epoch(
+                    self.table,
+                    seed=self.cfg.seed,
+                    epoch=epoch,
+                    steps=self.cfg.steps_per_epoch,
+                    batch_size=self.cfg.batch_size,
+                    world_size=self.cfg.world_size,
+                    workers=self.cfg.workers,
+                )
+            }
         return self._plans[epoch]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -287,8 +331,10 @@ class BalancedStream(IterableDataset):
         workers, start = self.cfg.workers, self.start_step
         if info is not None:
             if info.num_workers != workers:
-                raise ValueError(f"stream planned for {workers} reader(s) per rank, DataLoader has "
-                                 f"{info.num_workers} workers: use the same number (or 0)")
+                raise ValueError(
+                    f"stream planned for {workers} reader(s) per rank, DataLoader has "
+                    f"{info.num_workers} workers: use the same number (or 0)"
+                )
             yield from self.reader_batches((info.id + start) % workers)
             return
         readers = {w: self.reader_batches(w) for w in range(workers)}  # in-process round robin
@@ -306,13 +352,21 @@ class BalancedStream(IterableDataset):
         loaded: dict[int, tuple] = {}
         batch: list[tuple[np.ndarray, np.ndarray, int, int]] = []
         k = done
-        for window, drop, draws in sampling.reader_stream(segments, seed=cfg.seed, epoch=epoch, reader=reader,
-                                                          shuffle_buffer=cfg.shuffle_buffer, skip=done * cfg.batch_size):
+        for window, drop, draws in sampling.reader_stream(
+            segments,
+            seed=cfg.seed,
+            epoch=epoch,
+            reader=reader,
+            shuffle_buffer=cfg.shuffle_buffer,
+            skip=done * cfg.batch_size,
+        ):
             need = {s for s, _ in draws[drop:]}
             loaded = {s: v for s, v in loaded.items() if s >= min(need)}  # read order: older ones are done
             for s in sorted(need - set(loaded)):
                 loaded[s] = _read_segment(self.view, store, self.table, segments[s])
-            u = sampling.crop_rng(seed=cfg.seed, epoch=epoch, reader=reader, window=window).random((len(draws), 2))
+            u = sampling.crop_rng(seed=cfg.seed, epoch=epoch, reader=reader, window=window).random(
+                (len(draws), 2)
+            )
             for j in range(drop, len(draws)):
                 s, i = draws[j]
                 batch.append(self._sample(loaded[s], i, u[j], segments[s].positions[i]))
@@ -320,16 +374,20 @@ class BalancedStream(IterableDataset):
                     yield self._collate(batch, epoch, worker + k * cfg.workers)
                     batch, k = [], k + 1
         if batch or k != plan.batches[reader]:
-            raise RuntimeError(f"reader {reader} gave {k} batches (+{len(batch)} samples), planned "
-                               f"{plan.batches[reader]}: sampling plan and stream disagree")
+            raise RuntimeError(
+                f"reader {reader} gave {k} batches (+{len(batch)} samples), planned "
+                f"{plan.batches[reader]}: sampling plan and stream disagree"
+            )
 
     def _sample(self, segment_data: tuple, item: int, u: np.ndarray, position: int):
         """(int16 audio (n,), crop offset, target, cluster, row) of one emitted sample."""
         audio_items, targets, n_windows = segment_data
         pcm, sr = pcm16(*audio_items[item])
         if sr != self.view.sample_rate:
-            raise DataMismatchError(f"clip at row {self.table.rows[position]} is at {sr} Hz, the cache says "
-                                    f"{self.view.sample_rate}")
+            raise DataMismatchError(
+                f"clip at row {self.table.rows[position]} is at {sr} Hz, the cache says "
+                f"{self.view.sample_rate}"
+            )
         if n_windows is None:  # clip target: random crop of the clip
             offset = int(u[0] * (max(len(pcm) - self.view.crop_samples, 0) + 1))
             target = targets[item]
@@ -344,12 +402,18 @@ class BalancedStream(IterableDataset):
             audio_t.share_memory_()
         audio = audio_t.numpy()
         for i, (pcm, offset, *_) in enumerate(batch):
-            crop = pcm[offset:offset + self.view.crop_samples]
-            audio[i, :len(crop)] = crop
-            audio[i, len(crop):] = 0  # zero padding
+            crop = pcm[offset : offset + self.view.crop_samples]
+            audio[i, : len(crop)] = crop
+            audio[i, len(crop) :] = 0  # zero padding
         _, _, target, cluster, row = zip(*batch, strict=True)
-        return {"audio": audio_t, "target": torch.from_numpy(np.stack(target)),
-                "cluster": torch.tensor(cluster), "row": torch.tensor(row), "epoch": epoch, "step": step}
+        return {
+            "audio": audio_t,
+            "target": torch.from_numpy(np.stack(target)),
+            "cluster": torch.tensor(cluster),
+            "row": torch.tensor(row),
+            "epoch": epoch,
+            "step": step,
+        }
 
 
 def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -387,5 +451,8 @@ def load_validation(data: TrainingData, positions: np.ndarray) -> dict[str, torc
         for i, (raw, ext) in enumerate(items):
             audio.append(fit_length(pcm16(raw, ext)[0], view.crop_samples, 0))
             target.append(targets[i] if n_windows is None else targets[i, 0])
-    return {"audio": torch.from_numpy(np.stack(audio)), "target": torch.from_numpy(np.stack(target)),
-            "row": torch.from_numpy(table.rows[positions])}
+    return {
+        "audio": torch.from_numpy(np.stack(audio)),
+        "target": torch.from_numpy(np.stack(target)),
+        "row": torch.from_numpy(table.rows[positions]),
+    }

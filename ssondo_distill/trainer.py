@@ -68,11 +68,16 @@ class TrainResult:
         if self.parameters is not None:
             p = self.parameters
             paper = f"{p['paper_backbone'] / 1e6:.1f} M" if p["paper_backbone"] else "n/a for these settings"
-            return (f"student {p['student']} into a {p['teacher_dim']}-d teacher: backbone {p['backbone']:,} + head "
-                    f"{p['head']:,} = {p['total']:,} parameters (paper's backbone: {paper}); {p['covers']}")
-        val = (f"validation cosine distance {self.val_cosine_distance_init:.4f} -> {self.val_cosine_distance:.4f} "
-               f"(mean-target baseline {self.val_mean_baseline:.4f})"
-               if None not in (self.val_cosine_distance, self.val_cosine_distance_init, self.val_mean_baseline) else "")
+            return (
+                f"student {p['student']} into a {p['teacher_dim']}-d teacher: backbone {p['backbone']:,} + head "
+                f"{p['head']:,} = {p['total']:,} parameters (paper's backbone: {paper}); {p['covers']}"
+            )
+        val = (
+            f"validation cosine distance {self.val_cosine_distance_init:.4f} -> {self.val_cosine_distance:.4f} "
+            f"(mean-target baseline {self.val_mean_baseline:.4f})"
+            if None not in (self.val_cosine_distance, self.val_cosine_distance_init, self.val_mean_baseline)
+            else ""
+        )
         speed = f", {self.samples_per_s:.1f} samples/s" if self.samples_per_s else ""
         return f"{self.run}: {self.steps} steps, {self.samples} samples{speed}; {val}; student {self.student_path}"
 
@@ -109,8 +114,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_parts(cfg: TrainConfig, teacher_dim: int, stream_rate: int, device: torch.device, rank: int = 0,
-                world_size: int = 1) -> Parts:
+def build_parts(
+    cfg: TrainConfig,
+    teacher_dim: int,
+    stream_rate: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Parts:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     student = build_student(cfg.student, teacher_dim, **cfg.student_options).to(device)
     if cfg.bn_momentum is not None:
@@ -120,16 +131,24 @@ def build_parts(cfg: TrainConfig, teacher_dim: int, stream_rate: int, device: to
     frontend = StudentFrontEnd(**cfg.frontend).to(device)
     model: nn.Module = student
     if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.compile:
         model = torch.compile(model)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     torch.manual_seed(cfg.seed * 1000 + rank + 1)  # dropout / masks differ between ranks, fixed by seed
     return Parts(
-        student=student, model=model, frontend=frontend, loss=build_loss(cfg.loss, **cfg.loss_options).to(device),
-        specaug=SpecAugment(**cfg.augment).to(device), device=device, autocast_dtype=torch.bfloat16 if bf16 else None,
+        student=student,
+        model=model,
+        frontend=frontend,
+        loss=build_loss(cfg.loss, **cfg.loss_options).to(device),
+        specaug=SpecAugment(**cfg.augment).to(device),
+        device=device,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
         resample_from=None if stream_rate == frontend.sample_rate else stream_rate,
-        mixup_alpha=cfg.mixup_alpha, mixup_gen=torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7),
+        mixup_alpha=cfg.mixup_alpha,
+        mixup_gen=torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7),
     )
 
 
@@ -156,8 +175,11 @@ def batch_loss(parts: Parts, batch: dict[str, Any], augment: bool = True) -> Ten
         mel, perm, lam = mixup(mel, parts.mixup_alpha, generator=parts.mixup_gen)
     if augment:
         mel = parts.specaug(mel)
-    with torch.autocast(parts.device.type, dtype=parts.autocast_dtype or torch.float32,
-                        enabled=parts.autocast_dtype is not None):
+    with torch.autocast(
+        parts.device.type,
+        dtype=parts.autocast_dtype or torch.float32,
+        enabled=parts.autocast_dtype is not None,
+    ):
         pred = parts.model(mel)
     pred = pred.float()  # (B, D): losses in fp32
     if perm is not None:
@@ -174,11 +196,14 @@ def validate(parts: Parts, val: dict[str, Tensor], batch_size: int) -> float | N
     parts.student.eval()
     cos = []
     for i in range(0, len(val["audio"]), batch_size):
-        mel = to_mel(parts, val["audio"][i:i + batch_size])
-        with torch.autocast(parts.device.type, dtype=parts.autocast_dtype or torch.float32,
-                            enabled=parts.autocast_dtype is not None):
+        mel = to_mel(parts, val["audio"][i : i + batch_size])
+        with torch.autocast(
+            parts.device.type,
+            dtype=parts.autocast_dtype or torch.float32,
+            enabled=parts.autocast_dtype is not None,
+        ):
             pred = parts.student(mel).float()
-        target = parts.normalise_target(val["target"][i:i + batch_size].to(parts.device).float())
+        target = parts.normalise_target(val["target"][i : i + batch_size].to(parts.device).float())
         cos.append(nn.functional.cosine_similarity(pred, target, dim=-1))
     parts.student.train(was_training)
     return 1.0 - torch.cat(cos).mean().item()
@@ -211,8 +236,14 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         raise ConfigError(f"batch_size {cfg.batch_size} (global) does not split over {world_size} ranks")
     steps_per_epoch = cfg.samples_per_epoch // cfg.batch_size
     if steps_per_epoch < 1:
-        raise ConfigError(f"samples_per_epoch {cfg.samples_per_epoch} is less than one batch of {cfg.batch_size}")
-    end_step = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        raise ConfigError(
+            f"samples_per_epoch {cfg.samples_per_epoch} is less than one batch of {cfg.batch_size}"
+        )
+    end_step = (
+        cfg.epochs * steps_per_epoch
+        if cfg.max_steps is None
+        else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    )
     device = resolve_device(cfg.device)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -229,18 +260,24 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
     identity = run_state.identity(cfg, data, world_size)
     finished = run_state.finished_result(run, identity, end_step)
     if finished is not None:
-        log.info("%s already finished %d steps with this configuration: nothing to do", run, finished["steps"])
+        log.info(
+            "%s already finished %d steps with this configuration: nothing to do", run, finished["steps"]
+        )
         return TrainResult(**finished)
     train_table, val_pos = split_holdout(data.table, cfg.val_clips, cfg.seed)
     parts = build_parts(cfg, data.embed_dim, data.view.sample_rate, device, rank, world_size)
     target_norm = _target_norm(cfg, data, train_table, parts)
-    optimizer = torch.optim.Adam(parts.student.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        parts.student.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
     scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch)
     step, resumed_from = 0, None
     ckpt = run_state.latest_checkpoint(run)
     if ckpt is not None and not cfg.resume:
-        raise ConfigError(f"{run} holds an unfinished run (checkpoint {ckpt.name}): pass --resume to continue it, "
-                          "or choose another --out")
+        raise ConfigError(
+            f"{run} holds an unfinished run (checkpoint {ckpt.name}): pass --resume to continue it, "
+            "or choose another --out"
+        )
     if ckpt is not None:
         step = resumed_from = run_state.load(ckpt, identity, parts, optimizer, scheduler, rank, world_size)
     if rank == 0:
@@ -248,9 +285,19 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         write_json(run / "config.json", run_state.provenance(cfg, data, identity, world_size))
         run_state.truncate_metrics(run / "metrics.jsonl", step)
     val = load_validation(data, val_pos) if rank == 0 else {}
-    stream = BalancedStream(data.view, train_table, StreamConfig(
-        seed=cfg.seed, steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size // world_size, rank=rank,
-        world_size=world_size, workers=max(1, cfg.num_workers), shuffle_buffer=cfg.shuffle_buffer))
+    stream = BalancedStream(
+        data.view,
+        train_table,
+        StreamConfig(
+            seed=cfg.seed,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=cfg.batch_size // world_size,
+            rank=rank,
+            world_size=world_size,
+            workers=max(1, cfg.num_workers),
+            shuffle_buffer=cfg.shuffle_buffer,
+        ),
+    )
     metrics = run_state.MetricsLog(run / "metrics.jsonl", enabled=rank == 0)
     val_init = metrics.last_value("val_cosine_distance", at_step=0)
     baseline = metrics.last_value("val_mean_baseline", at_step=0)
@@ -259,9 +306,17 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         # average direction scores 1 - cos = 1 there
         baseline = mean_target_baseline(val) if parts.target_shift is None else 1.0
         val_init = validate(parts, val, stream.cfg.batch_size)
-        metrics.write({"step": 0, "epoch": 0.0, "val_cosine_distance": val_init, "val_mean_baseline": baseline})
-    bar = tqdm(total=end_step, initial=step, unit="step", desc=f"train {parts.student.name}",
-               disable=not progress or rank != 0, dynamic_ncols=True)
+        metrics.write(
+            {"step": 0, "epoch": 0.0, "val_cosine_distance": val_init, "val_mean_baseline": baseline}
+        )
+    bar = tqdm(
+        total=end_step,
+        initial=step,
+        unit="step",
+        desc=f"train {parts.student.name}",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
+    )
     parts.student.train()
     started, start_step = time.perf_counter(), step
     window_loss, window_n, window_t = torch.zeros((), device=device), 0, time.perf_counter()
@@ -270,13 +325,20 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         epoch, first = divmod(step, steps_per_epoch)
         stream.set_position(epoch, first)
         stream.plan(epoch)  # here, not in the workers: a bad split (too few shards) is a plain error
-        loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                            worker_init_fn=_worker_init if cfg.num_workers else None,
-                            generator=torch.Generator())  # its own seed draw: the global RNG stays untouched
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_worker_init if cfg.num_workers else None,
+            generator=torch.Generator(),
+        )  # its own seed draw: the global RNG stays untouched
         for batch in loader:
             if (batch["epoch"], batch["step"]) != (epoch, step % steps_per_epoch):
-                raise RuntimeError(f"data order broken: got epoch {batch['epoch']} step {batch['step']}, "
-                                   f"expected {epoch}/{step % steps_per_epoch}")
+                raise RuntimeError(
+                    f"data order broken: got epoch {batch['epoch']} step {batch['step']}, "
+                    f"expected {epoch}/{step % steps_per_epoch}"
+                )
             parts.student.set_step(step, steps_per_epoch)  # DyMN attention temperature
             loss = batch_loss(parts, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -293,35 +355,80 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
                 now = time.perf_counter()
                 rate = window_n * cfg.batch_size / (now - window_t)
                 if not math.isfinite(last_loss):
-                    raise FloatingPointError(f"training loss became {last_loss} at step {step}: lower the lr?")
-                metrics.write({"step": step, "epoch": step / steps_per_epoch, "loss": last_loss,
-                               "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate})
+                    raise FloatingPointError(
+                        f"training loss became {last_loss} at step {step}: lower the lr?"
+                    )
+                metrics.write(
+                    {
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "loss": last_loss,
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm),
+                        "samples_per_s": rate,
+                    }
+                )
                 bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{rate:.0f}")
                 window_loss.zero_()
                 window_n, window_t = 0, now
             if rank == 0 and (step % cfg.val_every == 0 or step == end_step):
-                metrics.write({"step": step, "epoch": step / steps_per_epoch,
-                               "val_cosine_distance": validate(parts, val, stream.cfg.batch_size)})
+                metrics.write(
+                    {
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "val_cosine_distance": validate(parts, val, stream.cfg.batch_size),
+                    }
+                )
             if step % cfg.checkpoint_every == 0 or step == end_step:
-                run_state.save(run, step, steps_per_epoch, identity, parts, optimizer, scheduler, rank,
-                               world_size, cfg.keep_checkpoints)
+                run_state.save(
+                    run,
+                    step,
+                    steps_per_epoch,
+                    identity,
+                    parts,
+                    optimizer,
+                    scheduler,
+                    rank,
+                    world_size,
+                    cfg.keep_checkpoints,
+                )
             if step == end_step or step % steps_per_epoch == 0:
                 break
     bar.close()
     seconds = time.perf_counter() - started
     result = TrainResult(
-        run=str(run), steps=step, samples=step * cfg.batch_size, final_loss=last_loss,
-        val_cosine_distance_init=val_init, val_cosine_distance=metrics.last_value("val_cosine_distance"),
+        run=str(run),
+        steps=step,
+        samples=step * cfg.batch_size,
+        final_loss=last_loss,
+        val_cosine_distance_init=val_init,
+        val_cosine_distance=metrics.last_value("val_cosine_distance"),
         samples_per_s=(step - start_step) * cfg.batch_size / seconds if step > start_step else None,
-        student_path=str(run / "student.pt"), resumed_from=resumed_from, val_mean_baseline=baseline,
+        student_path=str(run / "student.pt"),
+        resumed_from=resumed_from,
+        val_mean_baseline=baseline,
     )
     if rank == 0:
-        save_student(run / "student.pt", parts.student, parts.frontend, data.cache_attrs["teacher_id"],
-                     data.embed_dim, extra={"run": str(run), "steps": step, "cache": data.cache_attrs.get("teacher_id"),
-                                            "manifest": data.manifest, "seed": cfg.seed, "loss": cfg.loss,
-                                            "target_norm": target_norm})
+        save_student(
+            run / "student.pt",
+            parts.student,
+            parts.frontend,
+            data.cache_attrs["teacher_id"],
+            data.embed_dim,
+            extra={
+                "run": str(run),
+                "steps": step,
+                "cache": data.cache_attrs.get("teacher_id"),
+                "manifest": data.manifest,
+                "seed": cfg.seed,
+                "loss": cfg.loss,
+                "target_norm": target_norm,
+            },
+        )
         run_state.plot_curves(run / "metrics.jsonl", run / "curves.png")
-        write_json(run / "result.json", {"identity": identity, "result": asdict(result), "finished": now_iso()})
+        write_json(
+            run / "result.json", {"identity": identity, "result": asdict(result), "finished": now_iso()}
+        )
     if world_size > 1:
         dist.barrier()
     return result
@@ -352,5 +459,14 @@ def _dry_run(cfg: TrainConfig) -> TrainResult:
     counts = count_parameters(student)
     if cfg.out:
         write_text(Path(cfg.out) / "parameters.json", json.dumps(counts, indent=2) + "\n")
-    return TrainResult(run=str(cfg.out or ""), steps=0, samples=0, final_loss=None, val_cosine_distance_init=None,
-                       val_cosine_distance=None, samples_per_s=None, student_path=None, parameters=counts)
+    return TrainResult(
+        run=str(cfg.out or ""),
+        steps=0,
+        samples=0,
+        final_loss=None,
+        val_cosine_distance_init=None,
+        val_cosine_distance=None,
+        samples_per_s=None,
+        student_path=None,
+        parameters=counts,
+    )

@@ -8,12 +8,25 @@ import click
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
-              help="Folder for the corpus, the workspace, the runs and the report.")
-@click.option("--size", type=click.Choice(["full", "small"]), default="full",
-              help="Demo corpus size: full (the default demo) or small (the quick end-to-end test).")
-@click.option("--config", "train_config", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Training config for both students [default: configs/demo-cpu.yaml].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-out"),
+    help="Folder for the corpus, the workspace, the runs and the report.",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["full", "small"]),
+    default="full",
+    help="Demo corpus size: full (the default demo) or small (the quick end-to-end test).",
+)
+@click.option(
+    "--config",
+    "train_config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Training config for both students [default: configs/demo-cpu.yaml].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars, only the one-line stage summaries.")
 def demo(out: Path, size: str, train_config: Path | None, quiet: bool) -> None:
     """Build the real demo corpus and run pack, extract (two temporal supports), cluster, train

@@ -19,33 +19,106 @@ def _default(name: str) -> str:
 @click.command(context_settings={"show_default": True})
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--cache", help="Cache NAME: <teacher_id>/ts<TS>-hop<HOP> or a unique suffix such as ts1-hop1.")
-@click.option("--student", help=f"Student from the registry (mobilenetv3, mn10, mn04, dymn, eres2net...) {_default('student')}.")
-@click.option("--manifest", help="'random' (uniform), a name in WORK/manifests (balanced-k50) or a .parquet path "
-                                 f"{_default('manifest')}.")
-@click.option("--loss", help=f"Distillation loss (cosine, mse, l1, kl, clap, cluster_contrastive) {_default('loss')}.")
+@click.option(
+    "--student",
+    help=f"Student from the registry (mobilenetv3, mn10, mn04, dymn, eres2net...) {_default('student')}.",
+)
+@click.option(
+    "--manifest",
+    help="'random' (uniform), a name in WORK/manifests (balanced-k50) or a .parquet path "
+    f"{_default('manifest')}.",
+)
+@click.option(
+    "--loss", help=f"Distillation loss (cosine, mse, l1, kl, clap, cluster_contrastive) {_default('loss')}."
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="RUN folder (required).")
-@click.option("--resume", is_flag=True, default=None, help="Continue the unfinished run in RUN from its last checkpoint.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML/JSON TrainConfig (see configs/); flags given here override it.")
-@click.option("--dry-run", is_flag=True, default=None, help="Build the student, print its parameter counts, train nothing.")
-@click.option("--teacher", help="Refuse a cache that is not from this teacher (registry name) (config file, else any).")
-@click.option("--target", type=click.Choice(["clip", "window"]), help=f"Clip embedding or one TS window {_default('target')}.")
-@click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), help=f"Audio crop for target=clip {_default('clip_seconds')}.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=None,
+    help="Continue the unfinished run in RUN from its last checkpoint.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML/JSON TrainConfig (see configs/); flags given here override it.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    default=None,
+    help="Build the student, print its parameter counts, train nothing.",
+)
+@click.option(
+    "--teacher", help="Refuse a cache that is not from this teacher (registry name) (config file, else any)."
+)
+@click.option(
+    "--target",
+    type=click.Choice(["clip", "window"]),
+    help=f"Clip embedding or one TS window {_default('target')}.",
+)
+@click.option(
+    "--clip-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help=f"Audio crop for target=clip {_default('clip_seconds')}.",
+)
 @click.option("--seed", type=int, help=f"Seed of weights, data order and augmentation {_default('seed')}.")
-@click.option("--epochs", type=click.IntRange(min=1), help=f"Epochs (the schedule spans them) {_default('epochs')}.")
-@click.option("--samples-per-epoch", type=click.IntRange(min=1), help=f"Samples per epoch {_default('samples_per_epoch')}.")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps (config file, else never).")
-@click.option("--batch-size", type=click.IntRange(min=1), help=f"Global batch size, split over ranks {_default('batch_size')}.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=f"Peak learning rate (Adam) {_default('lr')}.")
-@click.option("--mixup-alpha", type=click.FloatRange(min=0), help=f"Mixup Beta(a, a); 0 = off {_default('mixup_alpha')}.")
-@click.option("--shuffle-buffer", type=click.IntRange(min=1), help=f"Samples per shuffle window {_default('shuffle_buffer')}.")
-@click.option("--num-workers", type=click.IntRange(min=0), help=f"Data-loader workers per rank {_default('num_workers')}.")
-@click.option("--val-clips", type=click.IntRange(min=0), help=f"Held-out validation clips {_default('val_clips')}.")
-@click.option("--val-every", type=click.IntRange(min=1), help=f"Steps between validations {_default('val_every')}.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), help=f"Steps between checkpoints {_default('checkpoint_every')}.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help=f"cuda without a GPU is an error {_default('device')}.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
-              help=f"auto = bf16 autocast on CUDA, fp32 on CPU {_default('precision')}.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help=f"Epochs (the schedule spans them) {_default('epochs')}."
+)
+@click.option(
+    "--samples-per-epoch",
+    type=click.IntRange(min=1),
+    help=f"Samples per epoch {_default('samples_per_epoch')}.",
+)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), help="Stop after this many steps (config file, else never)."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help=f"Global batch size, split over ranks {_default('batch_size')}.",
+)
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), help=f"Peak learning rate (Adam) {_default('lr')}."
+)
+@click.option(
+    "--mixup-alpha",
+    type=click.FloatRange(min=0),
+    help=f"Mixup Beta(a, a); 0 = off {_default('mixup_alpha')}.",
+)
+@click.option(
+    "--shuffle-buffer",
+    type=click.IntRange(min=1),
+    help=f"Samples per shuffle window {_default('shuffle_buffer')}.",
+)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=0),
+    help=f"Data-loader workers per rank {_default('num_workers')}.",
+)
+@click.option(
+    "--val-clips", type=click.IntRange(min=0), help=f"Held-out validation clips {_default('val_clips')}."
+)
+@click.option(
+    "--val-every", type=click.IntRange(min=1), help=f"Steps between validations {_default('val_every')}."
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    help=f"Steps between checkpoints {_default('checkpoint_every')}.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help=f"cuda without a GPU is an error {_default('device')}.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help=f"auto = bf16 autocast on CUDA, fp32 on CPU {_default('precision')}.",
+)
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the student.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(work: Path, config_file: Path | None, compile_: bool | None, no_progress: bool, **flags) -> None:

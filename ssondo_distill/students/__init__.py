@@ -24,8 +24,14 @@ from .eres2net import ERes2NetBackbone
 from .head import ProjectionHead, Student
 from .mobilenetv3 import MobileNetV3Backbone, load_efficientat_state_dict
 
-__all__ = ["STUDENTS", "Student", "ProjectionHead", "build_student", "count_parameters",
-           "PAPER_BACKBONE_PARAMS"]
+__all__ = [
+    "STUDENTS",
+    "Student",
+    "ProjectionHead",
+    "build_student",
+    "count_parameters",
+    "PAPER_BACKBONE_PARAMS",
+]
 
 STUDENTS: Registry[Student] = Registry("student")
 
@@ -40,40 +46,72 @@ def _load_efficientat(student: Student, path: str | Path | None) -> Student:
     try:
         dropped = load_efficientat_state_dict(student.backbone, state)
     except RuntimeError as e:
-        raise RuntimeError(f"{path} is not an EfficientAT checkpoint of student {student.name!r} "
-                           f"(width_mult={student.config().get('width_mult')}): {e}") from None
-    student.init_info = {"efficientat_weights": str(path), "sha256": sha256_file(path),
-                         "dropped_keys": dropped}
+        raise RuntimeError(
+            f"{path} is not an EfficientAT checkpoint of student {student.name!r} "
+            f"(width_mult={student.config().get('width_mult')}): {e}"
+        ) from None
+    student.init_info = {
+        "efficientat_weights": str(path),
+        "sha256": sha256_file(path),
+        "dropped_keys": dropped,
+    }
     return student
 
 
-def _mobilenetv3(name: str, teacher_dim: int, width_mult: float = 1.0, hidden_dim: int = 1280,
-                 dropout: float = 0.2, efficientat_weights: str | Path | None = None) -> Student:
+def _mobilenetv3(
+    name: str,
+    teacher_dim: int,
+    width_mult: float = 1.0,
+    hidden_dim: int = 1280,
+    dropout: float = 0.2,
+    efficientat_weights: str | Path | None = None,
+) -> Student:
     opts = dict(width_mult=width_mult, hidden_dim=hidden_dim, dropout=dropout)
     s = Student(name, MobileNetV3Backbone(width_mult), teacher_dim, opts, hidden_dim, dropout)
     return _load_efficientat(s, efficientat_weights)
 
 
-def _dymn(name: str, teacher_dim: int, width_mult: float = 1.0, hidden_dim: int = 1280,
-          dropout: float = 0.2, temperature_max: float = 30.0, temperature_min: float = 1.0,
-          temperature_slope0: float = 1.0, temperature_slope1: float = 0.02,
-          efficientat_weights: str | Path | None = None) -> Student:
+def _dymn(
+    name: str,
+    teacher_dim: int,
+    width_mult: float = 1.0,
+    hidden_dim: int = 1280,
+    dropout: float = 0.2,
+    temperature_max: float = 30.0,
+    temperature_min: float = 1.0,
+    temperature_slope0: float = 1.0,
+    temperature_slope1: float = 0.02,
+    efficientat_weights: str | Path | None = None,
+) -> Student:
     """``temperature_*``: the attention-temperature schedule over epochs; start from
     ``temperature_max=1`` when fine-tuning weights trained to the end of it (``dymn*_as``)."""
     sched = TemperatureSchedule(temperature_max, temperature_min, temperature_slope0, temperature_slope1)
-    opts = dict(width_mult=width_mult, hidden_dim=hidden_dim, dropout=dropout, temperature_max=temperature_max,
-                temperature_min=temperature_min, temperature_slope0=temperature_slope0,
-                temperature_slope1=temperature_slope1)
+    opts = dict(
+        width_mult=width_mult,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+        temperature_max=temperature_max,
+        temperature_min=temperature_min,
+        temperature_slope0=temperature_slope0,
+        temperature_slope1=temperature_slope1,
+    )
     s = Student(name, DyMNBackbone(width_mult, sched), teacher_dim, opts, hidden_dim, dropout)
     return _load_efficientat(s, efficientat_weights)
 
 
-def _eres2net(name: str, teacher_dim: int, n_mels: int = 128, m_channels: int = 16,
-              num_blocks: tuple[int, ...] | list[int] = (3, 4, 6, 3, 3), hidden_dim: int = 1280,
-              dropout: float = 0.2) -> Student:
+def _eres2net(
+    name: str,
+    teacher_dim: int,
+    n_mels: int = 128,
+    m_channels: int = 16,
+    num_blocks: tuple[int, ...] | list[int] = (3, 4, 6, 3, 3),
+    hidden_dim: int = 1280,
+    dropout: float = 0.2,
+) -> Student:
     blocks = tuple(int(b) for b in num_blocks)
-    opts = dict(n_mels=n_mels, m_channels=m_channels, num_blocks=list(blocks), hidden_dim=hidden_dim,
-                dropout=dropout)
+    opts = dict(
+        n_mels=n_mels, m_channels=m_channels, num_blocks=list(blocks), hidden_dim=hidden_dim, dropout=dropout
+    )
     return Student(name, ERes2NetBackbone(n_mels, m_channels, blocks), teacher_dim, opts, hidden_dim, dropout)
 
 
@@ -116,7 +154,9 @@ def _is_paper_setting(student: Student) -> bool:
     opts = student.config()
     family = _family(student)
     if family == "eres2net":
-        return opts["n_mels"] == 128 and opts["m_channels"] == 16 and list(opts["num_blocks"]) == [3, 4, 6, 3, 3]
+        return (
+            opts["n_mels"] == 128 and opts["m_channels"] == 16 and list(opts["num_blocks"]) == [3, 4, 6, 3, 3]
+        )
     return opts.get("width_mult") == 1.0
 
 
@@ -132,10 +172,14 @@ def count_parameters(student: Student) -> dict[str, Any]:
     head = sum(p.numel() for p in student.head.parameters())
     paper = PAPER_BACKBONE_PARAMS.get(_family(student)) if _is_paper_setting(student) else None
     return {
-        "student": student.name, "backbone_dim": student.backbone_dim, "teacher_dim": student.teacher_dim,
-        "backbone": backbone, "head": head, "total": backbone + head,
+        "student": student.name,
+        "backbone_dim": student.backbone_dim,
+        "teacher_dim": student.teacher_dim,
+        "backbone": backbone,
+        "head": head,
+        "total": backbone + head,
         "trainable": sum(p.numel() for p in student.parameters() if p.requires_grad),
         "paper_backbone": paper,
         "covers": "backbone = feature extractor up to the pooled embedding (no classifier); "
-                  "head = projection MLP backbone_dim -> hidden -> teacher_dim",
+        "head = projection MLP backbone_dim -> hidden -> teacher_dim",
     }

@@ -31,8 +31,11 @@ class AFF(nn.Module):
         super().__init__()
         inter = channels // r
         self.local_att = nn.Sequential(
-            nn.Conv2d(2 * channels, inter, 1), nn.BatchNorm2d(inter), nn.SiLU(inplace=True),
-            nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels),
+            nn.Conv2d(2 * channels, inter, 1),
+            nn.BatchNorm2d(inter),
+            nn.SiLU(inplace=True),
+            nn.Conv2d(inter, channels, 1),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:  # both (B, C, F, T)
@@ -49,8 +52,9 @@ class ERes2NetBlock(nn.Module):
 
     expansion = 2
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, base_width: int = 32, scale: int = 2,
-                 fuse: bool = False) -> None:
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, base_width: int = 32, scale: int = 2, fuse: bool = False
+    ) -> None:
         super().__init__()
         width = int(math.floor(planes * base_width / 64.0))
         self.width, self.scale = width, scale
@@ -93,13 +97,16 @@ class ERes2NetBackbone(nn.Module):
 
     family = "eres2net"  # the registry family; keys the paper's parameter count
 
-    def __init__(self, n_mels: int = 128, m_channels: int = 16,
-                 num_blocks: tuple[int, ...] = (3, 4, 6, 3, 3)) -> None:
+    def __init__(
+        self, n_mels: int = 128, m_channels: int = 16, num_blocks: tuple[int, ...] = (3, 4, 6, 3, 3)
+    ) -> None:
         super().__init__()
         if len(num_blocks) != 5:
             raise ValueError(f"ERes2Net (with the fifth stage) needs 5 stage depths, got {num_blocks}")
         if n_mels % 16:
-            raise ValueError(f"ERes2Net halves the frequency axis 4 times: n_mels must divide by 16, got {n_mels}")
+            raise ValueError(
+                f"ERes2Net halves the frequency axis 4 times: n_mels must divide by 16, got {n_mels}"
+            )
         m = m_channels
         self.n_mels, self.m_channels, self.num_blocks = n_mels, m, tuple(num_blocks)
         self.conv1 = nn.Conv2d(1, m, 3, 1, 1, bias=False)

@@ -31,8 +31,15 @@ class Student(nn.Module):
     ``temperature`` / ``set_temperature`` (state that is saved with the weights).
     """
 
-    def __init__(self, name: str, backbone: nn.Module, teacher_dim: int, options: dict[str, Any],
-                 hidden_dim: int = 1280, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        teacher_dim: int,
+        options: dict[str, Any],
+        hidden_dim: int = 1280,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         if teacher_dim < 1:
             raise ValueError(f"teacher_dim must be positive, got {teacher_dim}")

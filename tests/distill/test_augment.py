@@ -44,8 +44,14 @@ def test_mixup_label_loss_is_lambda_weighted() -> None:
     logits = torch.randn(5, 7, generator=g)
     labels = (torch.rand(5, 7, generator=g) > 0.6).float()
     perm, lam = torch.tensor([2, 0, 1, 4, 3]), torch.tensor([0.9, 0.6, 0.5, 1.0, 0.75])
-    ref = sum(lam[i] * F.binary_cross_entropy_with_logits(logits[i], labels[i])
-              + (1 - lam[i]) * F.binary_cross_entropy_with_logits(logits[i], labels[perm[i]]) for i in range(5)) / 5
+    ref = (
+        sum(
+            lam[i] * F.binary_cross_entropy_with_logits(logits[i], labels[i])
+            + (1 - lam[i]) * F.binary_cross_entropy_with_logits(logits[i], labels[perm[i]])
+            for i in range(5)
+        )
+        / 5
+    )
     assert mixup_label_loss(logits, labels, perm, lam).item() == pytest.approx(ref.item(), rel=1e-6)
 
 

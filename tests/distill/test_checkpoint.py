@@ -40,7 +40,9 @@ def test_round_trip(tmp_path: Path, name: str) -> None:
     assert meta["frontend"]["n_mels"] == 64 and "state_dict" not in meta
     assert read_meta(path)["student"] == s.config()
     if name == "dymn04":
-        assert model.student.backbone.temperature == pytest.approx(s.backbone.temperature) == pytest.approx(17.7)
+        assert (
+            model.student.backbone.temperature == pytest.approx(s.backbone.temperature) == pytest.approx(17.7)
+        )
     audio = torch.randn(2, 16000)
     with torch.no_grad():
         mel = model.frontend(audio)

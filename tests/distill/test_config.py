@@ -49,8 +49,13 @@ def test_overrides_win_and_unknown_keys_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"target": "frame"}, "target"), ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size"),
-     ({"precision": "fp8"}, "precision"), ({"grad_clip": -1.0}, "grad_clip")],
+    [
+        ({"target": "frame"}, "target"),
+        ({"device": "tpu"}, "device"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"precision": "fp8"}, "precision"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+    ],
 )
 def test_bad_values_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -71,6 +76,17 @@ def test_cli_flags_override_the_config_and_errors_are_messages(tmp_path):
     bad.write_text("student: mn04\nlearnig_rate: 1\n")
     result = CliRunner().invoke(train, [str(tmp_path), "--config", str(bad), "--cache", "x", "--out", "r"])
     assert result.exit_code == 1 and "learnig_rate" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(train, [str(tmp_path), "--cache", "ts1-hop1", "--out", str(tmp_path / "r"),
-                                        "--student", "mn04", "--dry-run"])
+    result = CliRunner().invoke(
+        train,
+        [
+            str(tmp_path),
+            "--cache",
+            "ts1-hop1",
+            "--out",
+            str(tmp_path / "r"),
+            "--student",
+            "mn04",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 1 and "no cache 'ts1-hop1'" in result.output

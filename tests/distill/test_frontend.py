@@ -21,7 +21,9 @@ def _test_audio(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n) / SR
     chirp = np.sin(2 * np.pi * (100 * t + 0.5 * (15000 - 100) / t[-1] * t**2))
-    return (0.5 * chirp + 0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    return (0.5 * chirp + 0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(n)).astype(
+        np.float32
+    )
 
 
 def _slaney_hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -37,8 +39,9 @@ def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, log, lin)
 
 
-def _numpy_logmel(audio: np.ndarray, n_fft=1024, hop=512, n_mels=128, fmin=50.0, fmax=16000.0,
-                  offset=1e-3) -> np.ndarray:
+def _numpy_logmel(
+    audio: np.ndarray, n_fft=1024, hop=512, n_mels=128, fmin=50.0, fmax=16000.0, offset=1e-3
+) -> np.ndarray:
     """Frames without centering, periodic Hann, |rfft|^2, triangular Slaney mel filters with
     area normalisation 2 / (f_{m+1} - f_{m-1}), log(x + offset). Returns (n_mels, T)."""
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
@@ -68,7 +71,13 @@ def test_kd_logmel_matches_an_independent_computation() -> None:
 
 def test_paper_defaults_and_configurability() -> None:
     cfg = LogMelConfig()
-    assert (cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels) == (32000, 1024, 1024, 512, 128)
+    assert (cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels) == (
+        32000,
+        1024,
+        1024,
+        512,
+        128,
+    )
     assert (cfg.f_min, cfg.f_max, cfg.log_offset, cfg.kind) == (50.0, 16000.0, 1e-3, "logmel")
     fe = StudentFrontEnd(n_mels=64, hop_length=256, f_min=0.0, f_max=8000.0, log_offset=1e-5)
     audio = _test_audio(16000)

@@ -16,11 +16,16 @@ B, D = 6, 10
 @pytest.fixture()
 def pair() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64)
+    return torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(
+        B, D, generator=g, dtype=torch.float64
+    )
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(sum(x * y for x, y in zip(a, b, strict=True)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))))
+    return float(
+        sum(x * y for x, y in zip(a, b, strict=True))
+        / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+    )
 
 
 def _softmax(v: list[float]) -> list[float]:
@@ -59,8 +64,17 @@ def _plain(name: str, p: torch.Tensor, t: torch.Tensor, clusters=None, temperatu
     return out
 
 
-@pytest.mark.parametrize("name, opts", [("cosine", {}), ("mse", {}), ("l1", {}), ("kl", {"temperature": 1.0}),
-                                        ("kl", {"temperature": 2.5}), ("clap", {"temperature": 0.1})])
+@pytest.mark.parametrize(
+    "name, opts",
+    [
+        ("cosine", {}),
+        ("mse", {}),
+        ("l1", {}),
+        ("kl", {"temperature": 1.0}),
+        ("kl", {"temperature": 2.5}),
+        ("clap", {"temperature": 0.1}),
+    ],
+)
 def test_loss_matches_plain_formula(pair, name: str, opts: dict) -> None:
     p, t = pair
     loss = build_loss(name, **opts)
@@ -102,14 +116,21 @@ def test_mixup_mixed_cosine(pair) -> None:
     perm = torch.tensor([3, 0, 5, 1, 2, 4])
     lam = torch.tensor([0.5, 0.9, 0.7, 1.0, 0.6, 0.8], dtype=torch.float64)
     got = mixup_loss(build_loss("cosine"), p, t, perm, lam).item()
-    ref = sum(float(lam[i]) * (1 - _cos(p[i], t[i])) + (1 - float(lam[i])) * (1 - _cos(p[i], t[int(perm[i])]))
-              for i in range(B)) / B
+    ref = (
+        sum(
+            float(lam[i]) * (1 - _cos(p[i], t[i])) + (1 - float(lam[i])) * (1 - _cos(p[i], t[int(perm[i])]))
+            for i in range(B)
+        )
+        / B
+    )
     assert got == pytest.approx(ref, rel=1e-6)
     # lam = 1 everywhere: plain loss; identity permutation: plain loss
     assert mixup_loss(build_loss("cosine"), p, t, perm, torch.ones(B)).item() == pytest.approx(
-        build_loss("cosine")(p, t).item(), rel=1e-6)
+        build_loss("cosine")(p, t).item(), rel=1e-6
+    )
     assert mixup_loss(build_loss("mse"), p, t, torch.arange(B), lam).item() == pytest.approx(
-        build_loss("mse")(p, t).item(), rel=1e-6)
+        build_loss("mse")(p, t).item(), rel=1e-6
+    )
 
 
 def test_mixup_cluster_contrastive_permutes_clusters(pair) -> None:
@@ -121,7 +142,9 @@ def test_mixup_cluster_contrastive_permutes_clusters(pair) -> None:
     got = mixup_loss(loss, p, t, perm, lam, clusters=clusters).item()
     first = _plain("cluster", p, t, clusters=clusters.tolist(), temperature=0.2)
     second = _plain("cluster", p, t[perm], clusters=clusters[perm].tolist(), temperature=0.2)
-    assert got == pytest.approx(sum(0.75 * a + 0.25 * b for a, b in zip(first, second, strict=True)) / B, rel=1e-6)
+    assert got == pytest.approx(
+        sum(0.75 * a + 0.25 * b for a, b in zip(first, second, strict=True)) / B, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["cosine", "mse", "l1", "kl", "clap", "cluster_contrastive"])

@@ -18,8 +18,12 @@ def _skewed_table(n_shards: int = 12, per_shard: int = 50, seed: int = 0) -> sam
     clusters = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
     w = 1.0 / sizes[clusters]
     return sampling.make_table(
-        keys=[f"k{i:05d}" for i in range(n)], rows=np.arange(n), shards=np.arange(n) // per_shard,
-        weights=w / w.sum(), clusters=clusters, kind="balanced",
+        keys=[f"k{i:05d}" for i in range(n)],
+        rows=np.arange(n),
+        shards=np.arange(n) // per_shard,
+        weights=w / w.sum(),
+        clusters=clusters,
+        kind="balanced",
     )
 
 
@@ -39,7 +43,9 @@ def test_balanced_stream_matches_cluster_targets_and_repeats_minimally():
     emitted_per_cluster = np.zeros(len(targets))
     total = 0
     for epoch in range(6):
-        plan = sampling.plan_epoch(table, seed=3, epoch=epoch, steps=25, batch_size=8, world_size=2, workers=2)
+        plan = sampling.plan_epoch(
+            table, seed=3, epoch=epoch, steps=25, batch_size=8, world_size=2, workers=2
+        )
         n_samples = 25 * 8 * 2
         assert plan.counts.sum() == n_samples
         # no clip repeated more than needed: each count is floor or ceil of weight * samples
@@ -59,11 +65,15 @@ def test_balanced_stream_matches_cluster_targets_and_repeats_minimally():
 
 def test_random_manifest_sees_every_clip_about_equally():
     n = 400
-    table = sampling.make_table(keys=[f"k{i}" for i in range(n)], rows=np.arange(n), shards=np.arange(n) // 40)
+    table = sampling.make_table(
+        keys=[f"k{i}" for i in range(n)], rows=np.arange(n), shards=np.arange(n) // 40
+    )
     seen = np.zeros(n, dtype=np.int64)
     epochs = 5
     for epoch in range(epochs):
-        plan = sampling.plan_epoch(table, seed=1, epoch=epoch, steps=35, batch_size=8, world_size=1, workers=3)
+        plan = sampling.plan_epoch(
+            table, seed=1, epoch=epoch, steps=35, batch_size=8, world_size=1, workers=3
+        )
         seen += np.bincount(_emitted(table, plan, seed=1, shuffle_buffer=50), minlength=n)
     per_epoch = 35 * 8 / n  # 0.7: each clip 0 or 1 time per epoch
     assert seen.sum() == epochs * 35 * 8
@@ -80,7 +90,9 @@ def test_readers_get_exact_quotas_and_shard_order_changes():
     for segments, batches in zip(a.readers, a.batches, strict=True):
         assert sum(s.n_samples for s in segments) == batches * 4
         for s in segments:  # tar order inside a segment, all from its shard
-            assert np.all(np.diff(table.rows[s.positions]) > 0) and np.all(table.shards[s.positions] == s.shard)
+            assert np.all(np.diff(table.rows[s.positions]) > 0) and np.all(
+                table.shards[s.positions] == s.shard
+            )
     assert not np.array_equal(a.shard_order, b.shard_order)
     assert np.array_equal(a.shard_order, again.shard_order) and np.array_equal(a.counts, again.counts)
 
@@ -94,11 +106,21 @@ def test_too_few_shards_is_an_error_with_the_numbers():
 def test_window_skip_resumes_the_same_emission_order():
     table = _skewed_table()
     plan = sampling.plan_epoch(table, seed=5, epoch=2, steps=20, batch_size=8, world_size=1, workers=1)
-    full = [d for _, drop, draws in sampling.reader_stream(plan.readers[0], seed=5, epoch=2, reader=0,
-                                                           shuffle_buffer=30) for d in draws[drop:]]
+    full = [
+        d
+        for _, drop, draws in sampling.reader_stream(
+            plan.readers[0], seed=5, epoch=2, reader=0, shuffle_buffer=30
+        )
+        for d in draws[drop:]
+    ]
     for skip in (0, 29, 30, 77):
-        rest = [d for _, drop, draws in sampling.reader_stream(plan.readers[0], seed=5, epoch=2, reader=0,
-                                                               shuffle_buffer=30, skip=skip) for d in draws[drop:]]
+        rest = [
+            d
+            for _, drop, draws in sampling.reader_stream(
+                plan.readers[0], seed=5, epoch=2, reader=0, shuffle_buffer=30, skip=skip
+            )
+            for d in draws[drop:]
+        ]
         assert rest == full[skip:]
     # the shuffle really mixes: emission order differs from read order
     assert [s for s, _ in full] != sorted(s for s, _ in full) or len({s for s, _ in full}) == 1
@@ -123,7 +145,9 @@ def test_table_refuses_bad_input():
 
 
 def test_schedule_matches_the_efficientat_formula():
-    cfg = ScheduleConfig(warmup_epochs=8, rampdown_start=80, rampdown_epochs=95, last_value=0.01, per_epoch=True)
+    cfg = ScheduleConfig(
+        warmup_epochs=8, rampdown_start=80, rampdown_epochs=95, last_value=0.01, per_epoch=True
+    )
 
     def plain(epoch: int) -> float:  # the published recipe, written out
         up = 1.0 if epoch >= 8 else float(np.exp(-5.0 * (1.0 - np.clip(epoch, 0.5, 8) / 8) ** 2))

@@ -42,16 +42,26 @@ def amplitude(window) -> float:
     return 0.15 * (1 + np.asarray(window))
 
 
-def make_corpus(root: Path, n_clips: int = 36, shard_size: int = 4, dim: int = 8, teacher: str = "tiny",
-                complete: bool = True) -> Path:
+def make_corpus(
+    root: Path,
+    n_clips: int = 36,
+    shard_size: int = 4,
+    dim: int = 8,
+    teacher: str = "tiny",
+    complete: bool = True,
+) -> Path:
     """WORK with packed shards + a cache `<teacher>-000000000000/ts0.25-hop0.25` (see module doc)."""
     src = root / "audio"
     src.mkdir(parents=True)
     t = np.arange(SR) / SR
     for i in range(n_clips):
         env = amplitude(np.minimum(np.arange(SR) // int(TS * SR), N_WIN - 1))
-        sf.write(src / f"clip{i:03d}.wav", (env * np.sin(2 * np.pi * freq(i) * t)).astype(np.float32), SR,
-                 subtype="PCM_16")
+        sf.write(
+            src / f"clip{i:03d}.wav",
+            (env * np.sin(2 * np.pi * freq(i) * t)).astype(np.float32),
+            SR,
+            subtype="PCM_16",
+        )
     work = root / "work"
     pack([src], work, sample_rate=SR, fmt="wav", shard_size=shard_size, progress=False)
     assert read_clips(work).column("key").to_pylist() == [f"clip{i:03d}" for i in range(n_clips)]
@@ -66,10 +76,22 @@ def write_cache(work: Path, teacher: str, dim: int, shard_size: int, complete: b
     offsets = [0, *np.cumsum(np.bincount(clips.column("shard").to_numpy())).tolist()]
     cache = store.create_or_open(
         store.cache_path(work, f"{teacher}-000000000000", "ts0.25-hop0.25"),
-        {"teacher": teacher, "teacher_id": f"{teacher}-000000000000", "ts": TS, "hop": TS,
-         "window_samples": int(TS * SR), "hop_samples": int(TS * SR), "sample_rate": SR,
-         "teacher_sample_rate": SR, "clips_fingerprint": clips_fingerprint(clips), "n_rows": n_clips,
-         "max_windows": N_WIN, "embed_dim": dim, "shard_offsets": offsets, "zarr_shard_rows": shard_size},
+        {
+            "teacher": teacher,
+            "teacher_id": f"{teacher}-000000000000",
+            "ts": TS,
+            "hop": TS,
+            "window_samples": int(TS * SR),
+            "hop_samples": int(TS * SR),
+            "sample_rate": SR,
+            "teacher_sample_rate": SR,
+            "clips_fingerprint": clips_fingerprint(clips),
+            "n_rows": n_clips,
+            "max_windows": N_WIN,
+            "embed_dim": dim,
+            "shard_offsets": offsets,
+            "zarr_shard_rows": shard_size,
+        },
     )
     for block in range(cache.n_blocks - (0 if complete else 1)):
         rows = np.arange(*cache.block_rows(block))
@@ -88,11 +110,18 @@ def write_manifest(work: Path, name: str, weights=None, clusters=None, meta=None
     clips = read_clips(work)
     n = clips.num_rows
     table = cluster.sampling_table(
-        keys or clips.column("key").to_pylist(), clips.column("row").to_numpy(), clips.column("shard").to_numpy(),
-        np.zeros(n, dtype=np.int32) if clusters is None else clusters, np.zeros(n, dtype=np.float32),
+        keys or clips.column("key").to_pylist(),
+        clips.column("row").to_numpy(),
+        clips.column("shard").to_numpy(),
+        np.zeros(n, dtype=np.int32) if clusters is None else clusters,
+        np.zeros(n, dtype=np.float32),
         np.full(n, 1 / n) if weights is None else weights,
-        {"kind": "balanced", "teacher_id": "tiny-000000000000", "clips_fingerprint": clips_fingerprint(clips),
-         **(meta or {})},
+        {
+            "kind": "balanced",
+            "teacher_id": "tiny-000000000000",
+            "clips_fingerprint": clips_fingerprint(clips),
+            **(meta or {}),
+        },
     )
     path = work / "manifests" / f"{name}.parquet"
     cluster.write_table(path, table)
@@ -124,7 +153,11 @@ def test_clip_targets_pair_with_their_audio(corpus):
     assert np.array_equal(np.sort(rows), np.arange(36))  # 36 samples of 36 clips: each exactly once
     assert not np.array_equal(rows, np.sort(rows))  # shuffled
     for b in batches:
-        assert b["audio"].shape == (4, SR // 2) and b["audio"].dtype == torch.int16 and b["target"].shape == (4, 8)
+        assert (
+            b["audio"].shape == (4, SR // 2)
+            and b["audio"].dtype == torch.int16
+            and b["target"].shape == (4, 8)
+        )
         for x, y, r in zip(b["audio"].numpy(), b["target"].numpy(), b["row"].numpy(), strict=True):
             assert y[2] == pytest.approx(r / 100, abs=1e-2)  # target row = audio row
             assert dominant_freq(x) == pytest.approx(y[0] * 1000, abs=3)  # the audio is that clip's
@@ -138,19 +171,25 @@ def test_window_targets_pair_with_the_window_audio(corpus):
     for b in _batches(BalancedStream(data.view, data.table, cfg), epoch=0):
         for x, y in zip(b["audio"].numpy(), b["target"].numpy(), strict=True):
             assert dominant_freq(x) == pytest.approx(y[0] * 1000, abs=5)
-            assert np.sqrt(2 * np.mean((x / 32768.0) ** 2)) == pytest.approx(y[1], abs=0.03)  # the window the target is for
+            assert np.sqrt(2 * np.mean((x / 32768.0) ** 2)) == pytest.approx(
+                y[1], abs=0.03
+            )  # the window the target is for
             seen_windows.add(round(float(y[1]), 2))
     assert len(seen_windows) == N_WIN
 
 
 def test_dataloader_workers_and_resume_give_the_same_batches(corpus):
     data = open_training_data(corpus, "ts0.25-hop0.25", "random", "clip", clip_seconds=0.5)
-    cfg = StreamConfig(seed=4, steps_per_epoch=7, batch_size=4, rank=1, world_size=2, workers=2, shuffle_buffer=5)
+    cfg = StreamConfig(
+        seed=4, steps_per_epoch=7, batch_size=4, rank=1, world_size=2, workers=2, shuffle_buffer=5
+    )
     ds = BalancedStream(data.view, data.table, cfg)
     inline = _batches(ds, epoch=2)
     workers = _batches(ds, epoch=2, num_workers=2)
     resumed = _batches(ds, epoch=2, step=3, num_workers=2)
-    assert [b["step"] for b in workers] == list(range(7)) and [b["step"] for b in resumed] == list(range(3, 7))
+    assert [b["step"] for b in workers] == list(range(7)) and [b["step"] for b in resumed] == list(
+        range(3, 7)
+    )
     for a, b in zip(inline[3:], resumed, strict=True):
         assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["target"], b["target"])
     for a, b in zip(inline, workers, strict=True):

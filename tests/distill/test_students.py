@@ -39,7 +39,9 @@ def _fp32(sd: dict) -> dict:
 
 
 def test_registry_has_every_student() -> None:
-    assert {"mobilenetv3", "mn10", "mn05", "mn04", "dymn", "dymn10", "dymn04", "eres2net"} <= set(STUDENTS.names())
+    assert {"mobilenetv3", "mn10", "mn05", "mn04", "dymn", "dymn10", "dymn04", "eres2net"} <= set(
+        STUDENTS.names()
+    )
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -87,18 +89,23 @@ def test_parameter_counts_match_the_paper(name: str, backbone_dim: int) -> None:
     assert count_parameters(build_student("mn04", 8, hidden_dim=16))["paper_backbone"] is None
 
 
-@pytest.mark.parametrize("key, make", [
-    ("efficientat_mn10_as", lambda: MobileNetV3Backbone(1.0)),
-    ("efficientat_mn05_as", lambda: MobileNetV3Backbone(0.5)),
-    ("efficientat_mn04_as", lambda: MobileNetV3Backbone(0.4)),
-    ("efficientat_dymn10_as", lambda: DyMNBackbone(1.0)),
-])
+@pytest.mark.parametrize(
+    "key, make",
+    [
+        ("efficientat_mn10_as", lambda: MobileNetV3Backbone(1.0)),
+        ("efficientat_mn05_as", lambda: MobileNetV3Backbone(0.5)),
+        ("efficientat_mn04_as", lambda: MobileNetV3Backbone(0.4)),
+        ("efficientat_dymn10_as", lambda: DyMNBackbone(1.0)),
+    ],
+)
 def test_full_size_efficientat_layout_loads_strictly(key: str, make) -> None:
     """A state_dict with EfficientAT's exact key names and shapes (incl. its 527-class
     classifier) loads strictly: every backbone key present, the classifier explicitly dropped."""
     layout = json.loads(LAYOUTS.read_text())[key]
-    sd = {k: torch.zeros(shape, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float16)
-          for k, shape in layout.items()}
+    sd = {
+        k: torch.zeros(shape, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float16)
+        for k, shape in layout.items()
+    }
     backbone = make()
     dropped = load_efficientat_state_dict(backbone, sd)
     assert dropped == sorted(k for k in layout if k.startswith("classifier."))
@@ -111,8 +118,9 @@ def test_full_size_efficientat_layout_loads_strictly(key: str, make) -> None:
         load_efficientat_state_dict(make(), {**sd, "features.99.weight": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("name, make", [("mn04", lambda: MobileNetV3Backbone(0.4)),
-                                        ("dymn04", lambda: DyMNBackbone(0.4))])
+@pytest.mark.parametrize(
+    "name, make", [("mn04", lambda: MobileNetV3Backbone(0.4)), ("dymn04", lambda: DyMNBackbone(0.4))]
+)
 def test_reproduces_efficientat_golden_outputs(golden: dict, name: str, make) -> None:
     """Official EfficientAT (fp16-rounded weights, eval mode) on its own mel: our backbone
     gives the same pooled features, and with the official classifier the same logits."""
@@ -219,8 +227,14 @@ def test_eres2net_reproduces_the_paper_authors_implementation() -> None:
     its state_dict loads strictly and our embedding equals its output."""
     ref = torch.load(FIXTURES / "eres2net_tiny_ssondo_reference.pt", weights_only=True)
     cfg = ref["config"]
-    s = build_student("eres2net", 8, n_mels=cfg["feat_dim"], m_channels=cfg["m_channels"],
-                      num_blocks=cfg["num_blocks"], hidden_dim=16)
+    s = build_student(
+        "eres2net",
+        8,
+        n_mels=cfg["feat_dim"],
+        m_channels=cfg["m_channels"],
+        num_blocks=cfg["num_blocks"],
+        hidden_dim=16,
+    )
     s.backbone.load_state_dict(ref["state_dict"], strict=True)
     s.eval()
     with torch.no_grad():

@@ -41,7 +41,11 @@ def test_training_with_centred_targets_records_them_and_validates_raw(work, tmp_
     cfg = tiny_cfg(work, tmp_path / "run", target_norm="center", epochs=1, mixup_alpha=0.0)
     result = train(cfg, progress=False)
     norm = read_meta(result.student_path)["extra"]["target_norm"]
-    assert norm["kind"] == "center" and len(norm["mean"]) == open_cache(work, CACHE).embed_dim and set(norm["std"]) == {1.0}
+    assert (
+        norm["kind"] == "center"
+        and len(norm["mean"]) == open_cache(work, CACHE).embed_dim
+        and set(norm["std"]) == {1.0}
+    )
     # validation in the centred space, where predicting the mean target scores exactly 1
     assert result.val_mean_baseline == 1.0 and 0.0 <= result.val_cosine_distance <= 2.0
     with pytest.raises(Exception, match="target_norm"):

@@ -25,8 +25,15 @@ from tests.distill.test_stream import make_corpus, write_cache
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = "tiny-000000000000/ts0.25-hop0.25"
-FRONTEND = {"sample_rate": 8000, "n_fft": 256, "win_length": 256, "hop_length": 64, "n_mels": 64,
-            "f_min": 50.0, "f_max": 4000.0}
+FRONTEND = {
+    "sample_rate": 8000,
+    "n_fft": 256,
+    "win_length": 256,
+    "hop_length": 64,
+    "n_mels": 64,
+    "f_min": 50.0,
+    "f_max": 4000.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +45,38 @@ def work(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(work: Path, out: Path, **over) -> TrainConfig:
-    base = dict(work=str(work), cache=CACHE, out=str(out), student="mn04", frontend=FRONTEND, clip_seconds=0.5,
-                epochs=3, samples_per_epoch=40, batch_size=8, num_workers=0, val_clips=8, val_every=4,
-                log_every=2, checkpoint_every=3, shuffle_buffer=16, device="cpu", lr=3e-3, mixup_alpha=0.3,
-                augment={"freq_mask": 8, "time_mask": 10}, seed=7,
-                schedule={"warmup_epochs": 0.5, "rampdown_start": 1.0, "rampdown_epochs": 2.0, "last_value": 0.1})
+    base = dict(
+        work=str(work),
+        cache=CACHE,
+        out=str(out),
+        student="mn04",
+        frontend=FRONTEND,
+        clip_seconds=0.5,
+        epochs=3,
+        samples_per_epoch=40,
+        batch_size=8,
+        num_workers=0,
+        val_clips=8,
+        val_every=4,
+        log_every=2,
+        checkpoint_every=3,
+        shuffle_buffer=16,
+        device="cpu",
+        lr=3e-3,
+        mixup_alpha=0.3,
+        augment={"freq_mask": 8, "time_mask": 10},
+        seed=7,
+        schedule={"warmup_epochs": 0.5, "rampdown_start": 1.0, "rampdown_epochs": 2.0, "last_value": 0.1},
+    )
     return load_train_config(None, {**base, **over})
 
 
 def _run_subprocess(cfg: TrainConfig, path: Path) -> subprocess.Popen:
     path.write_text(json.dumps(to_dict(cfg)))
-    code = ("import sys, torch; torch.set_num_threads(1); from ssondo_distill.config import load_train_config; "
-            "from ssondo_distill.trainer import train; train(load_train_config(sys.argv[1]), progress=False)")
+    code = (
+        "import sys, torch; torch.set_num_threads(1); from ssondo_distill.config import load_train_config; "
+        "from ssondo_distill.trainer import train; train(load_train_config(sys.argv[1]), progress=False)"
+    )
     return subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stderr=subprocess.PIPE)
 
 
@@ -87,7 +114,9 @@ def test_sigkill_and_resume_end_bitwise_equal(work, tmp_path):
     a, b = _weights(tmp_path / "ref" / "student.pt"), _weights(tmp_path / "killed" / "student.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor)), "resume is not exact"
-    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(steps) and steps[-1] == 15  # no duplicated lines from the killed attempt
 
 
@@ -115,19 +144,34 @@ def test_run_folder_noop_rerun_and_refusals(work, tmp_path):
         train(tiny_cfg(work, tmp_path / "run", epochs=2, lr=1e-3), progress=False)
     # a checkpoint of another student, or for another teacher dimension, is refused naming both
     (run / "result.json").unlink()
-    with pytest.raises(CheckpointMismatch, match="student 'mn04' for a 8-d teacher.*student 'mn05' for a 8-d"):
+    with pytest.raises(
+        CheckpointMismatch, match="student 'mn04' for a 8-d teacher.*student 'mn05' for a 8-d"
+    ):
         train(tiny_cfg(work, run, epochs=2, student="mn05", resume=True), progress=False)
     with pytest.raises(CheckpointMismatch, match="8-d teacher.*16-d teacher"):
-        train(tiny_cfg(work, run, epochs=2, cache="wide-000000000000/ts0.25-hop0.25", resume=True), progress=False)
-    with pytest.raises(ValueError, match=r"too few shards: epoch 0 reads \d+ tar shard\(s\) for 1 rank\(s\) x 12 "):
+        train(
+            tiny_cfg(work, run, epochs=2, cache="wide-000000000000/ts0.25-hop0.25", resume=True),
+            progress=False,
+        )
+    with pytest.raises(
+        ValueError, match=r"too few shards: epoch 0 reads \d+ tar shard\(s\) for 1 rank\(s\) x 12 "
+    ):
         train(tiny_cfg(work, tmp_path / "y", num_workers=12), progress=False)
     with pytest.raises(ConfigError, match="cluster_contrastive needs clusters"):
         train(tiny_cfg(work, tmp_path / "x", loss="cluster_contrastive"), progress=False)
 
 
 def test_dymn_temperature_follows_the_schedule_and_dry_run(work, tmp_path):
-    cfg = tiny_cfg(work, tmp_path / "dymn", student="dymn04", epochs=1, max_steps=3, val_clips=0,
-                   mixup_alpha=0.0, checkpoint_every=100)
+    cfg = tiny_cfg(
+        work,
+        tmp_path / "dymn",
+        student="dymn04",
+        epochs=1,
+        max_steps=3,
+        val_clips=0,
+        mixup_alpha=0.0,
+        checkpoint_every=100,
+    )
     train(cfg, progress=False)
     state = _weights(tmp_path / "dymn" / "student.pt")
     # set_step runs before each step: the last step (index 2 of 5 per epoch) set epoch 0.4
@@ -144,8 +188,13 @@ def _ddp_worker(rank: int, work: str, out: str, init_file: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     cfg = tiny_cfg(Path(work), Path(out) / "run", mixup_alpha=0.0, epochs=1, checkpoint_every=2)
     data = open_training_data(cfg.work, cfg.cache, cfg.manifest, cfg.target, cfg.clip_seconds)
-    stream = BalancedStream(data.view, data.table, StreamConfig(seed=1, steps_per_epoch=5, batch_size=4, rank=rank,
-                                                                world_size=2, workers=1, shuffle_buffer=8))
+    stream = BalancedStream(
+        data.view,
+        data.table,
+        StreamConfig(
+            seed=1, steps_per_epoch=5, batch_size=4, rank=rank, world_size=2, workers=1, shuffle_buffer=8
+        ),
+    )
     batch = next(iter(stream))
     parts = build_parts(cfg, data.embed_dim, data.view.sample_rate, torch.device("cpu"), rank, 2)
     parts.student.eval()  # BatchNorm with running statistics: per-rank batch statistics would differ
@@ -158,8 +207,13 @@ def _ddp_worker(rank: int, work: str, out: str, init_file: str) -> None:
 
 def test_ddp_two_processes_match_one_process_on_the_global_batch(work, tmp_path):
     # fork: the children start with torch already imported (spawn would re-import it twice)
-    mp.start_processes(_ddp_worker, args=(str(work), str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True,
-                       start_method="fork")
+    mp.start_processes(
+        _ddp_worker,
+        args=(str(work), str(tmp_path), str(tmp_path / "init")),
+        nprocs=2,
+        join=True,
+        start_method="fork",
+    )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(r0["batch"]["row"], r1["batch"]["row"])  # each rank has its own half
     cfg = tiny_cfg(work, tmp_path / "single", mixup_alpha=0.0)

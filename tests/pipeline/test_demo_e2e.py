@@ -24,8 +24,12 @@ TRAIN: dict = {}
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    result = run_demo(DemoSettings(out=out, size="small", train_overrides=TRAIN, sweep_ts=(0.96, 2.0),
-                                   probe_seeds=2, progress=False), echo=lines.append)
+    result = run_demo(
+        DemoSettings(
+            out=out, size="small", train_overrides=TRAIN, sweep_ts=(0.96, 2.0), probe_seeds=2, progress=False
+        ),
+        echo=lines.append,
+    )
     return result, lines
 
 
@@ -62,7 +66,9 @@ def test_row_counts_add_up_across_stages(demo):
 
     balanced = next((work / "manifests").glob("balanced-k*.parquet"))
     table = pq.read_table(balanced)
-    assert sorted(table.column("key").to_pylist()) == sorted(clips.column("key").to_pylist())  # clustered = packed
+    assert sorted(table.column("key").to_pylist()) == sorted(
+        clips.column("key").to_pylist()
+    )  # clustered = packed
     assert abs(sum(table.column("weight").to_pylist()) - 1.0) < 1e-9
 
 
@@ -78,8 +84,12 @@ def test_student_learns_and_beats_log_mel_somewhere(demo):
     baseline = next(lab for lab, k in kinds.items() if k == "baseline")
     students = [lab for lab, k in kinds.items() if k == "student"]
     assert len(students) == 2
-    beats = [(s, t) for s in students for t, r in report["scores"][s].items()
-             if r["mean"] > report["scores"][baseline][t]["mean"]]
+    beats = [
+        (s, t)
+        for s in students
+        for t, r in report["scores"][s].items()
+        if r["mean"] > report["scores"][baseline][t]["mean"]
+    ]
     assert beats, f"no student beats the log-mel baseline on any task: {report['scores']}"
 
 
@@ -101,8 +111,17 @@ def test_rerun_is_a_no_op(demo):
     result, _ = demo
     before = {p: p.stat().st_mtime_ns for p in (result.out / "work").rglob("*") if p.is_file()}
     lines: list[str] = []
-    again = run_demo(DemoSettings(out=result.out, size="small", train_overrides=TRAIN, sweep_ts=(0.96, 2.0),
-                                  probe_seeds=2, progress=False), echo=lines.append)
+    again = run_demo(
+        DemoSettings(
+            out=result.out,
+            size="small",
+            train_overrides=TRAIN,
+            sweep_ts=(0.96, 2.0),
+            probe_seeds=2,
+            progress=False,
+        ),
+        echo=lines.append,
+    )
     after = {p: p.stat().st_mtime_ns for p in (result.out / "work").rglob("*") if p.is_file()}
     assert after == before
     assert again.scores == result.scores

@@ -9,7 +9,9 @@ def test_single_process_by_default():
 
 
 def test_torchrun_variables_win():
-    info = detect_rank({"RANK": "3", "WORLD_SIZE": "4", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"})
+    info = detect_rank(
+        {"RANK": "3", "WORLD_SIZE": "4", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+    )
     assert (info.rank, info.world_size, info.source) == (3, 4, "torchrun")
 
 
