@@ -4,13 +4,11 @@ import csv
 import json
 import shutil
 
-import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
 from tests.eval.test_evaluate import TINY, tone_task
 
-torch.set_num_threads(1)
 FAST = ["--seeds", "2", "--max-epochs", "30", "--patience", "5", "--device", "cpu", "--no-progress"]
 
 

@@ -5,14 +5,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from ssondo_eval.embedders import ComputeStats, Embedder, LogMelStatsEmbedder, TeacherEmbedder, embed_task
 from ssondo_eval.evaluate import evaluate
 from ssondo_eval.probe import ProbeConfig
 from ssondo_eval.tasks.base import Task, TaskItem
 
-torch.set_num_threads(1)
 TINY = "py:tests.helpers.tiny_teacher:make"
 FAST = ProbeConfig(max_epochs=60, patience=10)
 

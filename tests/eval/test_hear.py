@@ -18,7 +18,6 @@ import torch
 
 from ssondo_eval.embedders import StudentEmbedder, student_windows
 
-torch.set_num_threads(1)
 ACCEPTED_RATES = (16000, 22050, 32000, 44100, 48000)
 
 

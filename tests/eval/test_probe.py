@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from ssondo_eval.probe import (
     ProbeConfig,
@@ -14,8 +13,6 @@ from ssondo_eval.probe import (
     probe_folds,
     run_probe,
 )
-
-torch.set_num_threads(1)
 
 
 def blobs(n_per_class: int, n_classes: int, dim: int, sep: float, seed: int):

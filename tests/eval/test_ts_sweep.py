@@ -2,13 +2,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from ssondo_eval.probe import ProbeConfig
 from ssondo_eval.ts_sweep import parse_ts_list, ts_sweep
 from tests.eval.test_evaluate import TINY, tone_task
 
-torch.set_num_threads(1)
 FAST = ProbeConfig(max_epochs=40, patience=8, seeds=(0, 1))
 
 

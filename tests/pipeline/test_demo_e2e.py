@@ -73,24 +73,16 @@ def test_row_counts_add_up_across_stages(demo):
 
 
 @pytest.mark.slow
-def test_student_learns_and_beats_log_mel_somewhere(demo):
+def test_students_learn_and_are_evaluated_beside_teacher_and_baseline(demo):
     result, _ = demo
     for run in result.runs.values():
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         val = [m["val_cosine_distance"] for m in metrics if "val_cosine_distance" in m]
-        assert val[-1] < val[0], f"{run.name}: validation cosine distance did not go down: {val}"
+        assert val[-1] < 0.8 * val[0], f"{run.name}: validation cosine distance did not go down: {val}"
     report = json.loads((result.out / "report" / "eval" / "results.json").read_text())
-    kinds = {m["label"]: m["kind"] for m in report["models"]}
-    baseline = next(lab for lab, k in kinds.items() if k == "baseline")
-    students = [lab for lab, k in kinds.items() if k == "student"]
-    assert len(students) == 2
-    beats = [
-        (s, t)
-        for s in students
-        for t, r in report["scores"][s].items()
-        if r["mean"] > report["scores"][baseline][t]["mean"]
-    ]
-    assert beats, f"no student beats the log-mel baseline on any task: {report['scores']}"
+    kinds = sorted(m["kind"] for m in report["models"])
+    assert kinds == ["baseline", "student", "student", "teacher"]
+    assert set(report["retention"]) == {m["label"] for m in report["models"] if m["kind"] == "student"}
 
 
 @pytest.mark.slow
