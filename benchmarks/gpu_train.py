@@ -30,7 +30,8 @@ from loader import make_data  # benchmarks/loader.py: the same synthetic corpus 
 
 from ssondo_distill.config import load_train_config
 from ssondo_distill.schedule import build_scheduler
-from ssondo_distill.trainer import batch_loss, build_parts, train
+from ssondo_distill.step import batch_loss, build_parts
+from ssondo_distill.trainer import train
 
 
 def step_alone(

@@ -3,14 +3,17 @@
 Layout of ``clips-NNNNNN.tar``: for each clip, in key order, ``<key>.flac`` (or ``.wav``,
 mono PCM_16) followed by ``<key>.json`` (source, offsets, labels ...). Tar headers carry a
 fixed mtime, uid/gid 0 and empty user/group names, so packing the same clips twice gives
-identical bytes; any tar reader (webdataset, ``tar tf``) reads them.
+identical bytes; any tar reader (webdataset, ``tar tf``) reads them. The training stream reads
+them with ``tar_clips`` (memory-mapped, zero-copy members) and ``pcm16`` (WAV as an int16 view).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
+import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,3 +137,53 @@ def iter_shard(path: str | Path) -> Iterator[ShardClip]:
         audio, sr = decode_audio(group[ext], ext)
         meta = json.loads(group["json"]) if "json" in group else {}
         yield ShardClip(key=key, audio=audio, sample_rate=sr, meta=meta)
+
+
+# ---------------------------------------------------------------- fast reading (training stream)
+
+
+def tar_clips(path: str, stop: int) -> Iterator[tuple[int, str, dict[str, memoryview]]]:
+    """(index in shard, key, {extension: bytes}) of the first ``stop`` clips of a WebDataset tar,
+    grouped by key the way webdataset groups them (``<key>.<ext>``, keys without dots).
+
+    The tar is memory-mapped and only its headers are parsed (tarfile in random-access mode,
+    PAX headers included); members are zero-copy views of the mapping, read from disk only when
+    used. webdataset's streaming reader copies every member through 10 KB reads and measured
+    ~20x slower here, which made it the stream's bottleneck on local (or parallel) filesystems."""
+    with open(path, "rb") as f:
+        data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))  # outlives f; views keep it
+        index, key, group = -1, None, {}
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
+                if k != key:
+                    if key is not None:
+                        yield index, key, group
+                    index, key, group = index + 1, k, {}
+                    if index >= stop:
+                        return
+                group[ext.lower()] = data[member.offset_data : member.offset_data + member.size]
+        if key is not None:
+            yield index, key, group
+
+
+def pcm16(data: bytes | memoryview, ext: str) -> tuple[np.ndarray, int]:
+    """Audio bytes -> ((samples,) int16, sample rate); PCM_16 mono WAV is a zero-copy view.
+
+    Why not soundfile for WAV: reading from memory goes through Python callbacks in small blocks
+    (~2 ms per 10-s clip, the stream's whole budget); the view is ~100x cheaper, and the crop is
+    taken before any conversion. FLAC (and any other WAV) goes through ``decode_audio``."""
+    if ext == "wav" and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        pos, fmt = 12, None
+        while pos + 8 <= len(data):
+            cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+            if cid == b"fmt ":
+                fmt = struct.unpack_from("<HHI", data, pos + 8) + struct.unpack_from("<H", data, pos + 22)
+            elif cid == b"data" and fmt is not None and (fmt[0], fmt[1], fmt[3]) == (1, 1, 16):
+                n = min(size, len(data) - pos - 8) // 2
+                return np.frombuffer(data, dtype="<i2", count=n, offset=pos + 8), int(fmt[2])
+            pos += 8 + size + (size & 1)
+    x, sr = decode_audio(bytes(data), ext)  # shards hold PCM_16: x * 32768 is an exact integer
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16), sr

@@ -6,7 +6,7 @@ Per reader (one DataLoader worker of one rank), per epoch:
     -> shuffle windows of emitted samples      sampling.reader_stream (encoded audio is shuffled,
                                                  decoding happens after: a window holds no decoded audio)
     -> per segment: ONE target block per tar shard (CacheStore.read_clip / read_windows, rows in
-       tar order) + the tar's members (memory-mapped, see tar_clips), paired by position, checked by key
+       tar order) + the tar's members (memory-mapped, see ssondo_cache.shards.tar_clips), paired by position, checked by key
     -> decode, random crop / zero pad to a fixed length (or the audio of one TS window)
     -> batches of ``batch_size`` dicts of tensors, tagged with their step
 The stream of step s of epoch e is a pure function of (seed, e, s): resuming mid-epoch skips
@@ -15,9 +15,6 @@ whole shuffle windows without reading them.
 
 from __future__ import annotations
 
-import mmap
-import struct
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ssondo_cache.cluster import read_sampling_manifest
 from ssondo_cache.manifests import read_clips
-from ssondo_cache.shards import FORMATS, decode_audio
+from ssondo_cache.shards import FORMATS, pcm16, tar_clips
 from ssondo_cache.store import CacheStore, open_cache
 from ssondo_cache.workspace import Workspace
 from ssondo_distill import sampling
@@ -219,53 +216,6 @@ def _read_segment(
     if any(a is None for a in audio):
         raise DataMismatchError(f"{url} ends before row {hi - 1}: the shard is shorter than the cache says")
     return audio, targets[rows - lo], None if n_windows is None else n_windows[rows - lo]  # type: ignore[return-value]
-
-
-def tar_clips(path: str, stop: int) -> Iterator[tuple[int, str, dict[str, memoryview]]]:
-    """(index in shard, key, {extension: bytes}) of the first ``stop`` clips of a WebDataset tar,
-    grouped by key the way webdataset groups them (``<key>.<ext>``, keys without dots).
-
-    The tar is memory-mapped and only its headers are parsed (tarfile in random-access mode,
-    PAX headers included); members are zero-copy views of the mapping, read from disk only when
-    used. webdataset's streaming reader copies every member through 10 KB reads and measured
-    ~20x slower here, which made it the stream's bottleneck on local (or parallel) filesystems."""
-    with open(path, "rb") as f:
-        data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))  # outlives f; views keep it
-        index, key, group = -1, None, {}
-        with tarfile.open(fileobj=f, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
-                if k != key:
-                    if key is not None:
-                        yield index, key, group
-                    index, key, group = index + 1, k, {}
-                    if index >= stop:
-                        return
-                group[ext.lower()] = data[member.offset_data : member.offset_data + member.size]
-        if key is not None:
-            yield index, key, group
-
-
-def pcm16(data: bytes | memoryview, ext: str) -> tuple[np.ndarray, int]:
-    """Audio bytes -> ((samples,) int16, sample rate); PCM_16 mono WAV is a zero-copy view.
-
-    Why not soundfile for WAV: reading from memory goes through Python callbacks in small blocks
-    (~2 ms per 10-s clip, the stream's whole budget); the view is ~100x cheaper, and the crop is
-    taken before any conversion. FLAC (and any other WAV) goes through ``decode_audio``."""
-    if ext == "wav" and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        pos, fmt = 12, None
-        while pos + 8 <= len(data):
-            cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
-            if cid == b"fmt ":
-                fmt = struct.unpack_from("<HHI", data, pos + 8) + struct.unpack_from("<H", data, pos + 22)
-            elif cid == b"data" and fmt is not None and (fmt[0], fmt[1], fmt[3]) == (1, 1, 16):
-                n = min(size, len(data) - pos - 8) // 2
-                return np.frombuffer(data, dtype="<i2", count=n, offset=pos + 8), int(fmt[2])
-            pos += 8 + size + (size & 1)
-    x, sr = decode_audio(bytes(data), ext)  # shards hold PCM_16: x * 32768 is an exact integer
-    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16), sr
 
 
 def fit_length(x: np.ndarray, length: int, offset: int) -> np.ndarray:

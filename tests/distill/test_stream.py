@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ssondo_cache import cluster, store
 from ssondo_cache.manifests import clips_fingerprint, read_clips
 from ssondo_cache.pack import pack
-from ssondo_cache.shards import decode_audio, encode_audio
+from ssondo_cache.shards import decode_audio, encode_audio, pcm16
 from ssondo_distill import sampling
 from ssondo_distill.stream import (
     BalancedStream,
@@ -26,7 +26,6 @@ from ssondo_distill.stream import (
     StreamConfig,
     load_validation,
     open_training_data,
-    pcm16,
 )
 
 SR = 8000

@@ -53,7 +53,7 @@ def test_training_with_centred_targets_records_them_and_validates_raw(work, tmp_
 
 
 def test_bn_momentum_reaches_every_batch_norm(work):
-    from ssondo_distill.trainer import build_parts
+    from ssondo_distill.step import build_parts
 
     cfg = tiny_cfg(work, work / "unused", bn_momentum=0.2)
     parts = build_parts(cfg, 8, 8000, torch.device("cpu"))

@@ -18,9 +18,10 @@ import torch.multiprocessing as mp
 from ssondo_cache.typed_config import ConfigError, to_dict
 from ssondo_distill.checkpoint import CheckpointMismatch, load_student
 from ssondo_distill.config import TrainConfig, load_train_config
+from ssondo_distill.step import batch_loss, build_parts
 from ssondo_distill.stream import BalancedStream, StreamConfig, open_training_data
 from ssondo_distill.students.dymn import TemperatureSchedule
-from ssondo_distill.trainer import batch_loss, build_parts, train
+from ssondo_distill.trainer import train
 from tests.distill.test_stream import make_corpus, write_cache
 
 REPO = Path(__file__).resolve().parents[2]
