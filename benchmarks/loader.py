@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ssondo_cache import cluster, store
-from ssondo_cache.manifests import clips_fingerprint, read_clips
+from ssondo_cache.manifests import clips_fingerprint, read_clips, write_table
 from ssondo_cache.pack import pack
 from ssondo_distill.stream import BalancedStream, StreamConfig, open_training_data
 
@@ -81,7 +81,7 @@ def make_data(root: Path, n: int, seconds: float, sr: int, dim: int, windows: in
         )
     labels = rng.integers(0, k, n).astype(np.int32)
     weights = 1.0 / np.bincount(labels, minlength=k)[labels]
-    cluster.write_table(
+    write_table(
         work / "manifests" / f"balanced-k{k}.parquet",
         cluster.sampling_table(
             clips.column("key").to_pylist(),

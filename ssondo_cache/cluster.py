@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ssondo_cache.atomic import atomic_path, write_text
+from ssondo_cache.atomic import write_text
 from ssondo_cache.cluster_report import (
     metric_sample_indices,
     primary_labels,
@@ -27,7 +27,7 @@ from ssondo_cache.cluster_report import (
     write_report,
 )
 from ssondo_cache.kmeans import ClusterInputError, kmeans, nonfinite_rows, resolve_device
-from ssondo_cache.manifests import META_KEY, read_clips
+from ssondo_cache.manifests import META_KEY, read_clips, write_table
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.workspace import Workspace
 
@@ -80,12 +80,6 @@ def sampling_table(
         schema = schema.append(pa.field(name, pa.int32()))
     table = pa.table(cols, schema=schema)
     return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
-
-
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write a parquet file atomically (temporary name, then rename)."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
 
 
 def read_sampling_manifest(path: str | Path) -> tuple[pa.Table, dict]:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssondo_cache import cluster, store
-from ssondo_cache.manifests import clips_fingerprint, read_clips
+from ssondo_cache.manifests import clips_fingerprint, read_clips, write_table
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import decode_audio, encode_audio, pcm16
 from ssondo_distill import sampling
@@ -123,7 +123,7 @@ def write_manifest(work: Path, name: str, weights=None, clusters=None, meta=None
         },
     )
     path = work / "manifests" / f"{name}.parquet"
-    cluster.write_table(path, table)
+    write_table(path, table)
     return path
 
 
