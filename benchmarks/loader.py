@@ -3,7 +3,8 @@
 Same clips, same targets, same weights, same batch size and number of workers, both measured in
 this run:
 - ssondo: WebDataset tar shards (WAV inside) + ONE zarr block of targets per shard, per-clip repeats
-  from the sampling plan, shuffle windows, batches assembled in the workers (stream.BalancedStream);
+  from the sampling plan, shuffle windows, batches assembled in the workers into reused
+  shared-memory buffers (stream.BalancedStream, as the trainer runs it);
 - reference style: one WAV file + one .npz of targets per clip, a map-style Dataset read at random
   with WeightedRandomSampler, default collation.
 Both deliver fixed-length audio crops (B, L) and targets (B, D) to the step; neither computes the
@@ -34,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from ssondo_cache import cluster, store
 from ssondo_cache.manifests import clips_fingerprint, read_clips, write_table
 from ssondo_cache.pack import pack
-from ssondo_distill.stream import BalancedStream, StreamConfig, open_training_data
+from ssondo_distill.stream import BalancedStream, StreamConfig
+from ssondo_distill.training_data import open_training_data
 
 
 def make_data(root: Path, n: int, seconds: float, sr: int, dim: int, windows: int, k: int, seed: int = 0):
@@ -168,10 +170,11 @@ def main() -> None:
                 steps_per_epoch=a.batches,
                 batch_size=a.batch_size,
                 workers=max(1, workers),
+                reuse_buffers=True,  # like the trainer: done with each batch before the next
                 shuffle_buffer=a.shuffle_buffer,
             )
             ours = rate(
-                DataLoader(BalancedStream(data.view, data.table, cfg), batch_size=None, num_workers=workers),
+                BalancedStream(data.view, data.table, cfg).loader(workers),
                 a.batches,
                 a.batch_size,
             )

@@ -18,8 +18,8 @@ from ssondo_distill.augment import SpecAugment, mixup
 from ssondo_distill.config import TrainConfig
 from ssondo_distill.frontend import StudentFrontEnd
 from ssondo_distill.losses import build_loss, mixup_loss
-from ssondo_distill.stream import target_statistics
 from ssondo_distill.students import build_student
+from ssondo_distill.training_data import target_statistics
 
 
 @dataclass

@@ -17,214 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ssondo_cache.cluster import read_sampling_manifest
-from ssondo_cache.manifests import read_clips
-from ssondo_cache.shards import FORMATS, pcm16, tar_clips
-from ssondo_cache.store import CacheStore, open_cache
-from ssondo_cache.workspace import Workspace
+from ssondo_cache.shards import pcm16
+from ssondo_cache.store import CacheStore
 from ssondo_distill import sampling
-
-
-class DataMismatchError(ValueError):
-    """Cache, manifest and shards that do not belong together."""
-
-
-@dataclass(frozen=True)
-class CorpusView:
-    """What the readers need to find audio and targets (picklable: paths, not open handles)."""
-
-    shard_paths: tuple[str, ...]
-    cache_path: str
-    shard_offsets: tuple[int, ...]  # rows of tar shard s: offsets[s]:offsets[s+1]
-    sample_rate: int  # of the audio in the shards
-    target: str  # clip | window
-    crop_samples: int  # emitted audio length
-    window_hop: int  # samples between TS windows (target=window)
-
-    def shard_rows(self, shard: int) -> tuple[int, int]:
-        return self.shard_offsets[shard], self.shard_offsets[shard + 1]
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """A checked (cache, manifest, shards) triple, ready to stream."""
-
-    view: CorpusView
-    table: sampling.SamplingTable  # every clip of the manifest (training + held out)
-    manifest: str  # "random" or the manifest path
-    cache_attrs: dict[str, Any]
-    embed_dim: int
-
-
-def resolve_manifest(work: str | Path, manifest: str) -> Path | None:
-    """``random`` -> None (uniform), a bare name -> WORK/manifests/<name>.parquet, else a path."""
-    if manifest == "random":
-        return None
-    path = Path(manifest)
-    if path.suffix != ".parquet" and "/" not in manifest:
-        path = Workspace(work).manifests_dir / f"{manifest}.parquet"
-    return path
-
-
-def open_training_data(
-    work: str | Path, cache: str, manifest: str, target: str, clip_seconds: float, teacher: str | None = None
-) -> TrainingData:
-    """Open and cross-check the cache, the sampling manifest and the packed shards of ``work``."""
-    store = open_cache(work, cache)  # refuses a cache made from another clips manifest
-    attrs = store.attrs
-    if teacher is not None and attrs.get("teacher") != teacher:
-        raise DataMismatchError(
-            f"cache {store.name} holds teacher {attrs.get('teacher')!r} embeddings; this "
-            f"configuration distils teacher {teacher!r}"
-        )
-    if not store.is_complete():
-        raise DataMismatchError(
-            f"cache {store.name} is not complete: {store.missing_rows()} of {store.n_rows} "
-            "rows missing; finish `ssondo extract` first"
-        )
-    clips = read_clips(work)
-    keys = np.asarray(clips.column("key").to_pylist(), dtype=object)
-    path = resolve_manifest(work, manifest)
-    if path is None:
-        table = sampling.make_table(
-            keys,
-            clips.column("row").to_numpy(),
-            clips.column("shard").to_numpy(),
-            kind="random",
-            meta={"kind": "random"},
-        )
-    else:
-        table = _manifest_table(path, keys, clips.column("shard").to_numpy(), attrs, store.name)
-    sample_rate = int(attrs["sample_rate"])
-    if target == "window":
-        if attrs.get("ts") == "full":
-            raise DataMismatchError(f"cache {store.name} has one full-clip window per clip: use target=clip")
-        crop, hop = int(attrs["window_samples"]), int(attrs["hop_samples"])
-        if attrs.get("teacher_sample_rate") != sample_rate:  # windows were cut at the teacher's rate
-            crop, hop = round(float(attrs["ts"]) * sample_rate), round(float(attrs["hop"]) * sample_rate)
-    else:
-        crop, hop = round(clip_seconds * sample_rate), 0
-    ws = Workspace(work)
-    view = CorpusView(
-        shard_paths=tuple(str(ws.shard_path(s)) for s in range(store.n_shards)),
-        cache_path=str(store.path),
-        shard_offsets=tuple(int(store.shard_rows(s)[0]) for s in range(store.n_shards)) + (store.n_rows,),
-        sample_rate=sample_rate,
-        target=target,
-        crop_samples=crop,
-        window_hop=hop,
-    )
-    missing = [p for p in view.shard_paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} tar shard(s) missing, first {missing[0]}")
-    return TrainingData(view, table, "random" if path is None else str(path), attrs, store.embed_dim)
-
-
-def _manifest_table(
-    path: Path, keys: np.ndarray, shard_of_row: np.ndarray, attrs: dict, cache_name: str
-) -> sampling.SamplingTable:
-    table, meta = read_sampling_manifest(path)
-    for field, have in (
-        ("teacher_id", attrs.get("teacher_id")),
-        ("clips_fingerprint", attrs.get("clips_fingerprint")),
-    ):
-        if meta.get(field) is not None and meta[field] != have:
-            raise DataMismatchError(
-                f"manifest {path} was built for {field} {meta[field]!r}, but cache "
-                f"{cache_name} has {field} {have!r}: they do not belong together"
-            )
-    rows = table.column("row").to_numpy()
-    if "window" in table.column_names or len(np.unique(rows)) != len(rows):
-        raise DataMismatchError(
-            f"manifest {path} has one row per window; training samples clips: cluster with --level clip"
-        )
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(keys)):
-        raise DataMismatchError(
-            f"manifest {path} points at rows up to {rows.max()}; the shards hold {len(keys)}"
-        )
-    mkeys = np.asarray(table.column("key").to_pylist(), dtype=object)
-    bad = np.flatnonzero(keys[rows] != mkeys)
-    if len(bad):
-        raise DataMismatchError(
-            f"manifest {path}: {len(bad)} key(s) are not in the shards at their rows, first "
-            f"{mkeys[bad[0]]!r} at row {rows[bad[0]]} (shards have {keys[rows[bad[0]]]!r})"
-        )
-    shards = table.column("shard").to_numpy()
-    moved = np.flatnonzero(shard_of_row[rows] != shards)
-    if len(moved):
-        raise DataMismatchError(
-            f"manifest {path}: row {rows[moved[0]]} is in tar shard {shard_of_row[rows[moved[0]]]}, "
-            f"the manifest says {shards[moved[0]]} ({len(moved)} such rows)"
-        )
-    if (
-        pc.any(pc.is_null(table.column("cluster"))).as_py()
-        or pc.any(pc.is_null(table.column("weight"))).as_py()
-    ):
-        raise DataMismatchError(f"manifest {path} has clips without a cluster or a weight")
-    weights = table.column("weight").to_numpy()
-    clusters = table.column("cluster").to_numpy()
-    return sampling.make_table(
-        mkeys, rows, shards, weights, clusters, kind=str(meta.get("kind", "balanced")), meta=meta
-    )
-
-
-# ---------------------------------------------------------------- reading one segment
-
-
-def _read_segment(
-    view: CorpusView, store: CacheStore, table: sampling.SamplingTable, segment: sampling.Segment
-) -> tuple[list[tuple[memoryview, str]], np.ndarray, np.ndarray | None]:
-    """Audio bytes of the segment's clips (tar order) and their targets, from one block read.
-
-    Returns (audio [(bytes, ext)] per item, targets (n, D) or (n, W, D) float32, n_windows (n,) or None)."""
-    start, stop = view.shard_rows(segment.shard)
-    rows = table.rows[segment.positions]
-    if rows[0] < start or rows[-1] >= stop:
-        raise DataMismatchError(
-            f"manifest rows {rows[0]}..{rows[-1]} are not in tar shard {segment.shard} "
-            f"(rows {start}..{stop - 1} in the cache)"
-        )
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    if view.target == "window":
-        targets, n_windows = store.read_windows(lo, hi)
-    else:
-        targets, n_windows = store.read_clip(lo, hi), None
-    want = {int(r) - start: i for i, r in enumerate(rows)}  # index in tar -> item
-    audio: list[tuple[memoryview, str] | None] = [None] * len(rows)
-    url = view.shard_paths[segment.shard]
-    for index, key, members in tar_clips(url, stop=hi - start):
-        item = want.get(index)
-        if item is None:
-            continue
-        if key != table.keys[segment.positions[item]]:
-            raise DataMismatchError(
-                f"{url}: clip {index} is {key!r}, the manifest says row {start + index} is "
-                f"{table.keys[segment.positions[item]]!r}: shards and manifest do not belong together"
-            )
-        ext = next((e for e in FORMATS if e in members), None)
-        if ext is None:
-            raise DataMismatchError(f"{url}: clip {key!r} has no audio member (has {sorted(members)})")
-        audio[item] = (members[ext], ext)
-    if any(a is None for a in audio):
-        raise DataMismatchError(f"{url} ends before row {hi - 1}: the shard is shorter than the cache says")
-    return audio, targets[rows - lo], None if n_windows is None else n_windows[rows - lo]  # type: ignore[return-value]
-
-
-def fit_length(x: np.ndarray, length: int, offset: int) -> np.ndarray:
-    """x[offset:offset+length], zero-padded at the end when too short."""
-    out = x[offset : offset + length]
-    return out if len(out) == length else np.pad(out, (0, length - len(out)))
-
-
-# ---------------------------------------------------------------- the dataset
+from ssondo_distill.training_data import CorpusView, DataMismatchError, read_segment
 
 
 @dataclass(frozen=True)
@@ -236,6 +38,14 @@ class StreamConfig:
     world_size: int = 1
     workers: int = 1  # readers per rank (= DataLoader workers, or emulated in-process)
     shuffle_buffer: int = 1000
+    prefetch: int = 2  # batches each DataLoader worker prepares ahead (its prefetch_factor)
+    # Each worker fills its batches into a ring of prefetch + 2 shared-memory buffers instead of
+    # new shared memory per batch: the page faults of fresh shared memory (20 MB per batch of
+    # 10-s clips) were the workers' main cost, 4x slower than reading. A batch is then
+    # overwritten prefetch + 2 batches of its worker later, so set it only for a consumer that is
+    # done with a batch when it asks for the next one, with ``loader()`` (the trainer: its step
+    # copies audio and targets before the next batch is asked for).
+    reuse_buffers: bool = False
 
 
 class BalancedStream(IterableDataset):
@@ -244,9 +54,10 @@ class BalancedStream(IterableDataset):
     "row": (B,), "epoch": int, "step": int}``, step by step from ``set_position(epoch, step)``
     to the end of the epoch.
 
-    Use with ``DataLoader(batch_size=None, num_workers=cfg.workers or 0)``: DataLoader worker j
-    serves the steps s with (s - start) % workers == j, which is the round robin the DataLoader
-    does. With num_workers=0 the readers are interleaved in-process, giving the same batches."""
+    Use with ``loader()`` (or ``DataLoader(batch_size=None, num_workers=cfg.workers or 0)``):
+    DataLoader worker j serves the steps s with (s - start) % workers == j, which is the round
+    robin the DataLoader does. With num_workers=0 the readers are interleaved in-process, giving
+    the same batches."""
 
     def __init__(self, view: CorpusView, table: sampling.SamplingTable, cfg: StreamConfig) -> None:
         super().__init__()
@@ -255,6 +66,23 @@ class BalancedStream(IterableDataset):
         self.view, self.table, self.cfg = view, table, cfg
         self.epoch, self.start_step = 0, 0
         self._plans: dict[int, sampling.EpochPlan] = {}
+        self._ring: tuple[torch.Tensor, ...] | None = None  # made where it is used, on first use
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned worker makes its own (shared) ring
+        return {**self.__dict__, "_ring": None}
+
+    def loader(self, num_workers: int, **kwargs: Any) -> DataLoader:
+        """The DataLoader this stream is planned for: ``num_workers`` 0 or ``cfg.workers``, the
+        configured prefetch (which the ring of reused buffers relies on)."""
+        if num_workers not in (0, self.cfg.workers):
+            raise ValueError(f"stream planned for {self.cfg.workers} workers, not {num_workers} (or 0)")
+        return DataLoader(
+            self,
+            batch_size=None,
+            num_workers=num_workers,
+            prefetch_factor=self.cfg.prefetch if num_workers else None,
+            **kwargs,
+        )
 
     def set_position(self, epoch: int, step: int = 0) -> None:
         if not 0 <= step < self.cfg.steps_per_epoch:
@@ -313,7 +141,7 @@ class BalancedStream(IterableDataset):
             need = {s for s, _ in draws[drop:]}
             loaded = {s: v for s, v in loaded.items() if s >= min(need)}  # read order: older ones are done
             for s in sorted(need - set(loaded)):
-                loaded[s] = _read_segment(self.view, store, self.table, segments[s])
+                loaded[s] = read_segment(self.view, store, self.table, segments[s])
             u = sampling.crop_rng(seed=cfg.seed, epoch=epoch, reader=reader, window=window).random(
                 (len(draws), 2)
             )
@@ -347,62 +175,40 @@ class BalancedStream(IterableDataset):
         return pcm, offset, target, int(self.table.clusters[position]), int(self.table.rows[position])
 
     def _collate(self, batch: list, epoch: int, step: int) -> dict[str, Any]:
-        audio_t = torch.empty((len(batch), self.view.crop_samples), dtype=torch.int16)
-        if get_worker_info() is not None:  # filled in place in shared memory: no copy on the way out
-            audio_t.share_memory_()
-        audio = audio_t.numpy()
-        for i, (pcm, offset, *_) in enumerate(batch):
+        audio_t, target_t, ids_t = self._buffers(len(batch), len(batch[0][2]), step)
+        audio, target, ids = audio_t.numpy(), target_t.numpy(), ids_t.numpy()
+        for i, (pcm, offset, vector, cluster, row) in enumerate(batch):
             crop = pcm[offset : offset + self.view.crop_samples]
             audio[i, : len(crop)] = crop
             audio[i, len(crop) :] = 0  # zero padding
-        _, _, target, cluster, row = zip(*batch, strict=True)
+            target[i], ids[0, i], ids[1, i] = vector, cluster, row
         return {
             "audio": audio_t,
-            "target": torch.from_numpy(np.stack(target)),
-            "cluster": torch.tensor(cluster),
-            "row": torch.tensor(row),
+            "target": target_t,
+            "cluster": ids_t[0],
+            "row": ids_t[1],
             "epoch": epoch,
             "step": step,
         }
 
-
-def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (each (D,), float64) of the clip embeddings of the clips at ``positions`` of
-    the sampling table, read one block per tar shard. Clip-level statistics serve window targets
-    too. A constant dimension gets std 1 (nothing to scale)."""
-    store = CacheStore(data.view.cache_path)
-    rows = np.sort(data.table.rows[positions])
-    total = np.zeros(data.embed_dim)
-    squares = np.zeros(data.embed_dim)
-    for shard in np.unique(data.table.shards[positions]):
-        start, stop = data.view.shard_rows(int(shard))
-        mine = rows[(rows >= start) & (rows < stop)]
-        block = store.read_clip(int(mine[0]), int(mine[-1]) + 1).astype(np.float64)[mine - mine[0]]
-        total += block.sum(0)
-        squares += np.square(block).sum(0)
-    n = len(rows)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - np.square(mean), 0.0))
-    return mean, np.where(std > 1e-6, std, 1.0)
-
-
-def load_validation(data: TrainingData, positions: np.ndarray) -> dict[str, torch.Tensor]:
-    """The held-out clips, read once: fixed crops from the start of each clip (window 0 for
-    target=window). ``{"audio": (n, L) int16, "target": (n, D), "row": (n,)}``."""
-    if len(positions) == 0:
-        return {}
-    view, table = data.view, data.table
-    store = CacheStore(view.cache_path)
-    audio, target = [], []
-    for shard in np.unique(table.shards[positions]):
-        pos = positions[table.shards[positions] == shard]
-        seg = sampling.Segment(int(shard), pos, np.ones(len(pos), dtype=np.int64))
-        items, targets, n_windows = _read_segment(view, store, table, seg)
-        for i, (raw, ext) in enumerate(items):
-            audio.append(fit_length(pcm16(raw, ext)[0], view.crop_samples, 0))
-            target.append(targets[i] if n_windows is None else targets[i, 0])
-    return {
-        "audio": torch.from_numpy(np.stack(audio)),
-        "target": torch.from_numpy(np.stack(target)),
-        "row": torch.from_numpy(table.rows[positions]),
-    }
+    def _buffers(self, n: int, dim: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(audio, target, cluster+row) tensors to fill for batch ``step``: a slot of the ring when
+        ``cfg.reuse_buffers``, else new ones; in shared memory in a DataLoader worker, so that the
+        batch leaves the worker without a copy."""
+        worker = get_worker_info() is not None
+        shapes = (
+            ((n, self.view.crop_samples), torch.int16),
+            ((n, dim), torch.float32),
+            ((2, n), torch.int64),
+        )
+        if not self.cfg.reuse_buffers:
+            fresh = tuple(torch.empty(shape, dtype=dtype) for shape, dtype in shapes)
+            return tuple(t.share_memory_() for t in fresh) if worker else fresh  # type: ignore[return-value]
+        ring = self.cfg.prefetch + 2  # see StreamConfig.reuse_buffers
+        if self._ring is None or self._ring[0].is_shared() != worker:  # one per worker process
+            self._ring = tuple(torch.zeros((ring, *shape), dtype=dtype) for shape, dtype in shapes)
+            if worker:
+                self._ring = tuple(t.share_memory_() for t in self._ring)
+        # a worker serves every cfg.workers-th step: consecutive batches of it take consecutive slots
+        slot = (step // self.cfg.workers if worker else step) % ring
+        return tuple(t[slot] for t in self._ring)  # type: ignore[return-value]

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssondo_cache.atomic import write_json, write_text
@@ -40,8 +39,9 @@ from ssondo_distill.step import (
     resolve_device,
     validate,
 )
-from ssondo_distill.stream import BalancedStream, StreamConfig, load_validation, open_training_data
+from ssondo_distill.stream import BalancedStream, StreamConfig
 from ssondo_distill.students import build_student, count_parameters
+from ssondo_distill.training_data import load_validation, open_training_data
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
             world_size=world_size,
             workers=max(1, cfg.num_workers),
             shuffle_buffer=cfg.shuffle_buffer,
+            reuse_buffers=True,  # the step copies each batch (to the device / to float) before the next
         ),
     )
     metrics = run_state.MetricsLog(run / "metrics.jsonl", enabled=rank == 0)
@@ -184,10 +185,8 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         epoch, first = divmod(step, steps_per_epoch)
         stream.set_position(epoch, first)
         stream.plan(epoch)  # here, not in the workers: a bad split (too few shards) is a plain error
-        loader = DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=cfg.num_workers,
+        loader = stream.loader(
+            cfg.num_workers,
             pin_memory=device.type == "cuda",
             worker_init_fn=_worker_init if cfg.num_workers else None,
             generator=torch.Generator(),

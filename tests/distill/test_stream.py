@@ -7,6 +7,7 @@ So every emitted (audio, target) pair can be checked from the audio alone."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,8 @@ from ssondo_cache.manifests import clips_fingerprint, read_clips, write_table
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import decode_audio, encode_audio, pcm16
 from ssondo_distill import sampling
-from ssondo_distill.stream import (
-    BalancedStream,
-    DataMismatchError,
-    StreamConfig,
-    load_validation,
-    open_training_data,
-)
+from ssondo_distill.stream import BalancedStream, StreamConfig
+from ssondo_distill.training_data import DataMismatchError, load_validation, open_training_data
 
 SR = 8000
 TS = 0.25  # seconds per window
@@ -199,6 +195,31 @@ def test_dataloader_workers_and_resume_give_the_same_batches(corpus):
     rank0 = BalancedStream(data.view, data.table, StreamConfig(**{**cfg.__dict__, "rank": 0}))
     both = torch.cat([b["row"] for b in inline + _batches(rank0, epoch=2)])
     assert np.array_equal(np.bincount(both.numpy(), minlength=36), ds.plan(2).counts)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_reused_buffers_give_the_same_batches_to_a_consumer_done_with_each(corpus, num_workers):
+    data = open_training_data(corpus, "ts0.25-hop0.25", "random", "clip", clip_seconds=0.5)
+    cfg = StreamConfig(seed=2, steps_per_epoch=12, batch_size=3, workers=2, shuffle_buffer=6, prefetch=1)
+    fresh = _batches(BalancedStream(data.view, data.table, cfg), epoch=0)
+    reusing = BalancedStream(data.view, data.table, StreamConfig(**{**cfg.__dict__, "reuse_buffers": True}))
+    held, copies = [], []
+    for batch in reusing.loader(num_workers):  # like the trainer: done with a batch before the next
+        time.sleep(0.02)  # a slow step: the workers run ahead meanwhile
+        held.append(batch)
+        copies.append({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})
+    for a, b in zip(fresh, copies, strict=True):
+        assert a["step"] == b["step"]
+        for key in ("audio", "target", "cluster", "row"):
+            assert torch.equal(a[key], b[key]), key
+    # the ring (prefetch + 2 = 3 slots) is really reused: a batch kept too long shows the last
+    # batch written into its slot: worker 0's batches are steps 0, 2, .., 10 (slot 0: steps 0
+    # and 6); in-process every step takes the next slot (slot 0: steps 0, 3, 6, 9)
+    later = 6 if num_workers else 9
+    assert torch.equal(held[0]["audio"], copies[later]["audio"])
+    assert not torch.equal(held[0]["audio"], copies[0]["audio"])
+    with pytest.raises(ValueError, match="planned for 2 workers"):
+        reusing.loader(3)
 
 
 def test_balanced_manifest_drives_the_stream(corpus):

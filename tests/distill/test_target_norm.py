@@ -10,8 +10,8 @@ import torch
 from ssondo_cache.store import open_cache
 from ssondo_distill.checkpoint import read_meta
 from ssondo_distill.sampling import split_holdout
-from ssondo_distill.stream import open_training_data, target_statistics
 from ssondo_distill.trainer import train
+from ssondo_distill.training_data import open_training_data, target_statistics
 from tests.distill.test_stream import make_corpus, write_cache
 from tests.distill.test_trainer import CACHE, tiny_cfg
 

@@ -16,12 +16,14 @@ import torch
 import torch.multiprocessing as mp
 
 from ssondo_cache.typed_config import ConfigError, to_dict
+from ssondo_distill import trainer as trainer_module
 from ssondo_distill.checkpoint import CheckpointMismatch, load_student
 from ssondo_distill.config import TrainConfig, load_train_config
 from ssondo_distill.step import batch_loss, build_parts
-from ssondo_distill.stream import BalancedStream, StreamConfig, open_training_data
+from ssondo_distill.stream import BalancedStream, StreamConfig
 from ssondo_distill.students.dymn import TemperatureSchedule
 from ssondo_distill.trainer import train
+from ssondo_distill.training_data import open_training_data
 from tests.distill.test_stream import make_corpus, write_cache
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,6 +121,20 @@ def test_sigkill_and_resume_end_bitwise_equal(work, tmp_path):
         json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == sorted(steps) and steps[-1] == 15  # no duplicated lines from the killed attempt
+
+
+def test_loader_workers_with_reused_buffers_train_as_with_fresh_ones(work, tmp_path, monkeypatch):
+    """The trainer reuses each worker's output buffers (StreamConfig.reuse_buffers): a batch
+    overwritten before the step is done with it would change the weights."""
+    over = dict(epochs=2, num_workers=2, checkpoint_every=100)
+    reused = train(tiny_cfg(work, tmp_path / "reused", **over), progress=False)
+    monkeypatch.setattr(
+        trainer_module, "StreamConfig", lambda **kw: StreamConfig(**{**kw, "reuse_buffers": False})
+    )
+    fresh = train(tiny_cfg(work, tmp_path / "fresh", **over), progress=False)
+    assert reused.steps == fresh.steps == 10
+    a, b = _weights(tmp_path / "reused" / "student.pt"), _weights(tmp_path / "fresh" / "student.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
 
 
 def test_run_folder_noop_rerun_and_refusals(work, tmp_path):
