@@ -3,10 +3,8 @@ included, as TorchScript or ONNX, optionally with int8 dynamic quantisation of i
 
 Every export is VERIFIED before it is published (nothing is written when it fails): the file is
 run (torch.jit.load / onnxruntime) on seeded random audio next to the eager model, at the traced
-shape (batch 1, one clip) and at another batch size and length where the graph allows them.
-fp32: max |exported - eager| <= FP32_TOLERANCE * max |eager| + FP32_ATOL (ONNX runs its own STFT
-and kernels: float rounding, not bit-exact); int8: cosine(exported, eager fp32) >= INT8_MIN_COSINE
-per clip (or the fp32 bound).
+shape (batch 1, one clip) and at another batch size and length where the graph allows them; the
+bounds (fp32 / int8) and the timing live in ``export_check``.
 CPU latency (median ms per clip at batch 1, eager vs exported) and file size go with the
 provenance into ``<out>.json`` beside the export.
 
@@ -21,41 +19,26 @@ Both are probed, not assumed, and written as ``input.shape`` in the JSON (an int
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import statistics
-import time
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ssondo_cache.atomic import atomic_path, write_json
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 
+from . import export_check, export_onnx
 from .checkpoint import AudioStudent, load_student
+from .export_check import ExportError, ExportVerificationError, quiet_export
 
 FORMATS = ("onnx", "torchscript")
 WHATS = ("embedding", "projection")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
-FP32_TOLERANCE = 1e-4  # max abs difference relative to the output's scale,
-FP32_ATOL = 1e-6  # plus this, for an (untrained) student whose outputs are all ~0
-INT8_MIN_COSINE = 0.99
 JSON_FORMAT = "ssondo-export"
-
-
-class ExportError(RuntimeError):
-    """The student cannot be exported as asked."""
-
-
-class ExportVerificationError(ExportError):
-    """The exported model does not compute what the eager model computes."""
 
 
 @dataclass
@@ -151,7 +134,6 @@ def export_student(
         raise ValueError(f"unknown export output {what!r}; choose one of {', '.join(WHATS)}")
     if clip_seconds <= 0 or repeats < 1:
         raise ValueError(f"need clip_seconds > 0 and repeats >= 1, got {clip_seconds}, {repeats}")
-    from . import export_onnx  # here, not at the top: export_onnx imports this module's errors
 
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out = Path(out) if out is not None else default_out(ckpt, fmt, int8, what)
@@ -188,7 +170,7 @@ def export_student(
     traced = _trace(deploy, example)
     shape = {"batch": _runs_on(traced, other), "samples": True}
 
-    with _threads(threads):
+    with export_check.torch_threads(threads):
         with atomic_path(out) as tmp:
             if fmt == "torchscript":
                 with quiet_export():
@@ -204,10 +186,10 @@ def export_student(
                 other = 0.1 * torch.randn(1, n, generator=gen)
             elif not shape["batch"]:
                 other = other[:1]
-            run = export_onnx.load_onnx(tmp) if fmt == "onnx" else _load_torchscript(tmp)
-            verification = _verify(model, what, run, [example, other], int8)
+            run = export_onnx.load_onnx(tmp) if fmt == "onnx" else export_check.load_torchscript(tmp)
+            verification = export_check.verify_export(model, what, run, [example, other], int8)
             verification["int8_quantized_ops"] = n_quantized
-            latency = _latency(model, what, run, example, repeats, clip_seconds)
+            latency = export_check.cpu_latency(model, what, run, example, repeats, clip_seconds)
         size = out.stat().st_size
 
     in_shape = ["batch" if shape["batch"] else 1, "samples" if shape["samples"] else n]
@@ -290,39 +272,6 @@ def _finished(out: Path, json_path: Path, ckpt_sha: str, options: dict[str, Any]
     return _result(out, json_path, record, reused=True) if same else None
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-# Warnings the export raises about what the verification checks anyway (tracer: Python ints baked
-# into the graph), or about deprecations of the only exporters this torch offers without onnxscript.
-_EXPECTED_WARNINGS = (
-    r".*return_complex=False.*",
-    r".*quantized tensor creation functions.*",
-    r".*Constant folding.*",
-    r".*torch\.ao\.quantization is deprecated.*",
-    r".*legacy TorchScript-based ONNX export.*",
-    r".*torch\.jit\.\w+.* is deprecated.*",
-)
-
-
-@contextlib.contextmanager
-def quiet_export() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        for pattern in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        yield
-
-
 def _trace(deploy: nn.Module, example: Tensor) -> torch.jit.ScriptModule:
     with quiet_export(), torch.inference_mode():
         return torch.jit.trace(deploy, example, check_trace=False)
@@ -336,101 +285,6 @@ def _runs_on(traced: torch.jit.ScriptModule, audio: Tensor) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _load_torchscript(path: Path) -> Callable[[Tensor], np.ndarray]:
-    """The TorchScript file as a function audio (B, S) -> np.ndarray (B, D)."""
-    with quiet_export():
-        module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run_ts(audio: Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return module(audio).numpy()
-
-    return run_ts
-
-
-def _eager(model: AudioStudent, what: str) -> Callable[[Tensor], np.ndarray]:
-    fn = model.embed if what == "embedding" else model.forward
-
-    def run(audio: Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return fn(audio).numpy()
-
-    return run
-
-
-def _verify(
-    model: AudioStudent, what: str, run: Callable[[Tensor], np.ndarray], inputs: list[Tensor], int8: bool
-) -> dict[str, Any]:
-    """Exported vs eager fp32 on each input; raise when outside the bound for fp32 / int8."""
-    eager = _eager(model, what)
-    max_abs = max_ref = 0.0
-    min_cos = 1.0
-    for audio in inputs:
-        ref, got = eager(audio).astype(np.float64), run(audio).astype(np.float64)
-        if got.shape != ref.shape:
-            raise ExportVerificationError(
-                f"exported model returns {got.shape} for audio {tuple(audio.shape)}, "
-                f"the eager model {ref.shape}"
-            )
-        max_abs = max(max_abs, float(np.abs(got - ref).max()))
-        max_ref = max(max_ref, float(np.abs(ref).max()))
-        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
-        min_cos = min(min_cos, float(cos.min()))
-    rel = max_abs / max(max_ref, 1e-12)
-    fp32_ok = max_abs <= FP32_TOLERANCE * max_ref + FP32_ATOL
-    bound = f"max |diff| <= {FP32_TOLERANCE:g} x max |eager| + {FP32_ATOL:g}"
-    if int8:
-        bound = f"min cosine >= {INT8_MIN_COSINE}, or {bound}"
-    report = {
-        "inputs": [list(a.shape) for a in inputs],
-        "audio": "N(0, 0.1^2) noise, seed 0",
-        "max_abs_diff": max_abs,
-        "max_rel_diff": rel,
-        "min_cosine": min_cos,
-        "eager_max_abs": max_ref,
-        "bound": bound,
-    }
-    ok = fp32_ok or (int8 and min_cos >= INT8_MIN_COSINE)
-    if not ok or not np.isfinite(max_abs):
-        raise ExportVerificationError(
-            f"exported model disagrees with the eager student: max |diff| {max_abs:.3g} "
-            f"(relative {rel:.3g}), min cosine {min_cos:.6f}; required: {bound}. "
-            f"Nothing was written."
-        )
-    return report
-
-
-def _latency(
-    model: AudioStudent,
-    what: str,
-    run: Callable[[Tensor], np.ndarray],
-    example: Tensor,
-    repeats: int,
-    clip_seconds: float,
-    warmup: int = 2,
-) -> dict[str, Any]:
-    """Median CPU ms per clip at batch 1, eager fp32 vs the export, timed alternately so that
-    both see the same machine load."""
-    fns = {"eager_ms": _eager(model, what), "exported_ms": run}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + repeats):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(example)
-            if i >= warmup:
-                times[key].append((time.perf_counter() - t0) * 1e3)
-    ms = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "clip_seconds": clip_seconds,
-        "batch": 1,
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        **ms,
-        "speedup": ms["eager_ms"] / ms["exported_ms"],
-        "device": "cpu",
-    }
 
 
 __all__ = [

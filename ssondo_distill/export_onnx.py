@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .export import ExportError, quiet_export
+from .export_check import ExportError, quiet_export
 
 OPSET = 17  # first opset with an STFT op
 

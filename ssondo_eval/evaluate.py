@@ -292,12 +292,8 @@ def build_models(
 
     ``ts``: the students' window (s); ``teacher_ts``: the live teacher's TS ("full" = the whole clip, which
     the teacher chunks itself, as EVAR feeds it)."""
-    from ssondo_eval.embedders import (
-        CachedTeacherEmbedder,
-        LogMelStatsEmbedder,
-        StudentEmbedder,
-        TeacherEmbedder,
-    )
+    from ssondo_eval.cached_teacher import CachedTeacherEmbedder
+    from ssondo_eval.embedders import LogMelStatsEmbedder, StudentEmbedder, TeacherEmbedder
 
     models: list[Embedder] = []
     if cache is not None:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from ssondo_cache.atomic import write_bytes
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.windows import TemporalSupport, format_seconds, parse_seconds
-from ssondo_eval.embedders import CachedTeacherEmbedder, Embedder, TeacherEmbedder, embed_task
+from ssondo_eval.cached_teacher import CachedTeacherEmbedder
+from ssondo_eval.embedders import Embedder, TeacherEmbedder, embed_task
 from ssondo_eval.evaluate import probe_task, write_report
 from ssondo_eval.probe import ProbeConfig
 from ssondo_eval.tasks.base import Task

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from ssondo_cache.provenance import sha256_file
-from ssondo_distill import export as export_mod
+from ssondo_distill import export_check
 from ssondo_distill.checkpoint import load_student, save_student
 from ssondo_distill.export import ExportError, ExportVerificationError, export_student
 from ssondo_distill.frontend import LogMelConfig, StudentFrontEnd
@@ -143,8 +143,8 @@ def test_rerun_is_a_no_op_and_a_new_checkpoint_is_exported_again(tmp_path: Path)
 def test_a_failed_verification_writes_nothing(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, int8: bool
 ) -> None:
-    monkeypatch.setattr(export_mod, "FP32_TOLERANCE", -1.0)  # bounds no export can meet
-    monkeypatch.setattr(export_mod, "INT8_MIN_COSINE", 1.5)
+    monkeypatch.setattr(export_check, "FP32_TOLERANCE", -1.0)  # bounds no export can meet
+    monkeypatch.setattr(export_check, "INT8_MIN_COSINE", 1.5)
     out = tmp_path / "x" / "model.bin"
     with pytest.raises(
         ExportVerificationError, match="disagrees with the eager student.*Nothing was written"

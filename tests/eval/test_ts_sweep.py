@@ -54,7 +54,8 @@ def test_sweep_reports_score_count_and_cost_per_ts(tmp_path):
 def test_sweep_reads_an_existing_cache_for_the_packed_corpus(tmp_path):
     from ssondo_cache.extract import extract
     from ssondo_cache.pack import pack
-    from ssondo_eval.embedders import CachedTeacherEmbedder, TeacherEmbedder
+    from ssondo_eval.cached_teacher import CachedTeacherEmbedder
+    from ssondo_eval.embedders import TeacherEmbedder
 
     task = tone_task(tmp_path)
     work = tmp_path / "work"
