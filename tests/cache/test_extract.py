@@ -432,3 +432,19 @@ def test_cuda_path_bf16_is_deterministic_across_ranks(corpus: Path, tmp_path: Pa
             teacher_options=OPTS,
         )
     _assert_identical(_arrays(one.cache), ref)
+
+
+@pytest.mark.slow
+def test_compiled_teacher_on_the_cpu_gives_the_eager_embeddings(corpus: Path, tmp_path: Path, reference):
+    """--compile pads every forward to batch_size rows (one static shape); the padding rows must not
+    leak into the embeddings. Runs torch.compile (inductor) on the CPU: the GPU path's logic, here.
+    In a child process: after torch.compile, processes forked by later tests could not run autograd."""
+    work = _copy(corpus, tmp_path)
+    proc = _spawn(work, TINY, compile=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    got = _arrays(open_cache(work, "ts1-hop1").path)
+    assert got["done"].all()
+    assert np.array_equal(got["n_windows"], reference["n_windows"])
+    np.testing.assert_allclose(got["emb"], reference["emb"], rtol=2e-3, atol=1e-3)  # float16 rounding
+    np.testing.assert_allclose(got["clip"], reference["clip"], rtol=2e-3, atol=1e-3)
