@@ -30,11 +30,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ssondo_cache.devices import resolve_device
 from ssondo_cache.extract_items import PCM16_SCALE, BlockItems, Plan, Resampler, block_work, make_plan
 from ssondo_cache.manifests import clips_fingerprint, read_clips, table_meta
 from ssondo_cache.provenance import code_version
 from ssondo_cache.store import CacheStore, cache_path, create_or_open
-from ssondo_cache.teachers import build_teacher, resolve_device
+from ssondo_cache.teachers import build_teacher
 from ssondo_cache.teachers.base import Teacher
 from ssondo_cache.windows import TemporalSupport, cut_windows
 from ssondo_cache.workspace import Workspace

@@ -46,14 +46,6 @@ class Parts:
         return (target - self.target_shift) / self.target_scale
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but torch sees no CUDA device")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_parts(
     cfg: TrainConfig,
     teacher_dim: int,

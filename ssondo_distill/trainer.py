@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssondo_cache.atomic import write_json, write_text
+from ssondo_cache.devices import resolve_device
 from ssondo_cache.provenance import now_iso
 from ssondo_cache.typed_config import ConfigError
 from ssondo_distill import run_state
@@ -36,7 +37,6 @@ from ssondo_distill.step import (
     batch_loss,
     build_parts,
     mean_target_baseline,
-    resolve_device,
     validate,
 )
 from ssondo_distill.stream import BalancedStream, StreamConfig
@@ -106,10 +106,11 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
     device = resolve_device(cfg.device)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-            device = torch.device("cuda", rank % torch.cuda.device_count())
+            if device.index is None:  # no LOCAL_RANK (not torchrun): one GPU per rank all the same
+                device = torch.device("cuda", rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
-    elif device.type == "cuda" and world_size > 1:
+    elif device.type == "cuda" and device.index is None and world_size > 1:  # the caller set it up
         device = torch.device("cuda", torch.cuda.current_device())
 
     data = open_training_data(cfg.work, cfg.cache, cfg.manifest, cfg.target, cfg.clip_seconds, cfg.teacher)

@@ -174,8 +174,9 @@ class TeacherEmbedder(Embedder):
         **options,
     ) -> None:
         """``teacher``: an already built teacher (the TS sweep builds it once for every TS)."""
+        from ssondo_cache.devices import resolve_device
         from ssondo_cache.extract import WindowEmbedder
-        from ssondo_cache.teachers import build_teacher, resolve_device
+        from ssondo_cache.teachers import build_teacher
 
         self.device = resolve_device(device)
         self.teacher = teacher or build_teacher(spec, checkpoint=checkpoint, device=device, **options)
@@ -244,7 +245,7 @@ class StudentEmbedder(Embedder):
         batch_size: int = 32,
         name: str | None = None,
     ) -> None:
-        from ssondo_cache.teachers import resolve_device
+        from ssondo_cache.devices import resolve_device
         from ssondo_distill.checkpoint import load_student
 
         self.path = student_file(run)

@@ -73,7 +73,8 @@ def ts_sweep(
     **teacher_options,
 ) -> dict:
     """Probe ``teacher`` at each TS of ``ts_list`` on ``tasks``; write REPORT/ts_sweep.{json,md,png}."""
-    from ssondo_cache.teachers import build_teacher, resolve_device
+    from ssondo_cache.devices import resolve_device
+    from ssondo_cache.teachers import build_teacher
 
     if not ts_list or not tasks:
         raise ValueError("ts_sweep needs at least one TS and one task")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ssondo_cache.devices import resolve_device
 from ssondo_cache.registry import Registry
 from ssondo_cache.teachers.base import Teacher
 
@@ -39,18 +40,6 @@ def _yamnet(checkpoint: str | Path | None = None, **options: Any) -> Teacher:
     from ssondo_cache.teachers.yamnet import build_yamnet
 
     return build_yamnet(checkpoint=checkpoint, **options)
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``auto`` -> cuda when present, else cpu. Asking for cuda without one is an error, never a quiet CPU run."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {device!r} was requested but no CUDA device is available (use --device cpu)"
-        )
-    return dev
 
 
 def build_teacher(
@@ -94,4 +83,4 @@ def teacher_info(spec: str, checkpoint: str | Path | None = None, **options: Any
     return {**teacher.describe(), "parameters": n_params, "class": type(teacher).__name__}
 
 
-__all__ = ["TEACHERS", "Teacher", "build_teacher", "resolve_device", "teacher_info"]
+__all__ = ["TEACHERS", "Teacher", "build_teacher", "teacher_info"]
