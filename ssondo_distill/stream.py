@@ -43,8 +43,8 @@ class StreamConfig:
     # new shared memory per batch: the page faults of fresh shared memory (20 MB per batch of
     # 10-s clips) were the workers' main cost, 4x slower than reading. A batch is then
     # overwritten prefetch + 2 batches of its worker later, so set it only for a consumer that is
-    # done with a batch when it asks for the next one, with ``loader()`` (the trainer: its step
-    # copies audio and targets before the next batch is asked for).
+    # done with a batch when it asks for the next one, with ``loader()`` (the trainer's loop). In
+    # the training process (num_workers=0) the batches cycle through such a ring too.
     reuse_buffers: bool = False
 
 

@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
             world_size=world_size,
             workers=max(1, cfg.num_workers),
             shuffle_buffer=cfg.shuffle_buffer,
-            reuse_buffers=True,  # the step copies each batch (to the device / to float) before the next
+            reuse_buffers=True,  # the loop is done with each batch before it asks for the next
         ),
     )
     metrics = run_state.MetricsLog(run / "metrics.jsonl", enabled=rank == 0)
