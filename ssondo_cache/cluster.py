@@ -26,7 +26,7 @@ from ssondo_cache.cluster_report import (
     sweep_table,
     write_report,
 )
-from ssondo_cache.kmeans import ClusterInputError, kmeans, nonfinite_rows, resolve_device
+from ssondo_cache.kmeans import ClusterInputError, faiss_device, kmeans, nonfinite_rows
 from ssondo_cache.manifests import META_KEY, read_clips, write_table
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.workspace import Workspace
@@ -311,7 +311,7 @@ def cluster_cache(
     ks = [k] if isinstance(k, int) else list(k)
     store = _open_complete(work, cache_name)
     clips = _clips(work, store.n_rows)
-    resolve_device(device)  # refuse a bad device before reading anything
+    faiss_device(device)  # refuse a bad device before reading anything
     if level == "clip" and max(ks) > store.n_rows:
         raise ClusterInputError(
             f"k={max(ks)} is larger than the number of clips ({store.n_rows}) in {cache_name}"

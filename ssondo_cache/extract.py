@@ -169,13 +169,29 @@ def embed_item(
         counts = [len(w) for w in per_clip]
         emb = embedder(torch.cat(per_clip))  # (sum n_i, D) float32
         clip = torch.stack([e.mean(dim=0) for e in emb.split(counts)])  # (clips, D): float32 mean, then f16
-    emb, clip, ready = emb.to(torch.float16), clip.to(torch.float16), None
-    if emb.device.type == "cuda":  # queue the copies now, into pinned memory: .cpu() later would wait
-        emb = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True).copy_(emb, non_blocking=True)
-        clip = torch.empty(clip.shape, dtype=clip.dtype, pin_memory=True).copy_(clip, non_blocking=True)
+    (emb, clip), ready = to_host([emb.to(torch.float16), clip.to(torch.float16)], embedder.device)
+    return Embedded(item["block"], item["start"], item["last"], counts, emb, clip, ready)
+
+
+def to_host(
+    tensors: list[torch.Tensor], device: torch.device
+) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Host copies of ``tensors`` (on ``device``), and on CUDA the event that says they have landed.
+
+    On CUDA the copies are only queued, into pinned buffers, on ``device``'s current stream, and the
+    event is recorded on THAT stream: a bare ``Event.record()`` uses the current device's stream,
+    which is not ``device``'s when another GPU is current, and the event would fire too early."""
+    if device.type != "cuda":
+        return [t.cpu() for t in tensors], None
+    with torch.cuda.device(device):  # pinned buffers are made with this GPU's context, not GPU 0's
+        stream = torch.cuda.current_stream(device)
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        with torch.cuda.stream(stream):
+            for h, t in zip(host, tensors, strict=True):
+                h.copy_(t, non_blocking=True)
         ready = torch.cuda.Event()
-        ready.record()
-    return Embedded(item["block"], item["start"], item["last"], counts, emb.cpu(), clip.cpu(), ready)
+        ready.record(stream)
+    return host, ready
 
 
 # ---------------------------------------------------------------- the loop
@@ -295,6 +311,20 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def decode_loader(items: BlockItems, workers: int, device: torch.device) -> DataLoader:
+    """The DataLoader of decoded items. On CUDA its batches are pinned by a thread that works on the
+    device current when iteration starts: ``resolve_device`` made ``device`` current, so pinning
+    opens no context on GPU 0 (the test fakes CUDA and checks which device each pin lands on)."""
+    return DataLoader(
+        items,
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context="spawn" if workers else None,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_one_thread if workers else None,
+    )
+
+
 def _run(
     store: CacheStore,
     plan: Plan,
@@ -322,14 +352,7 @@ def _run(
     blocks = [
         block_work(plan, k, store.block_rows(k), ws, embedder.batch_size, support.is_full) for k in todo
     ]
-    loader = DataLoader(
-        BlockItems(blocks, None if on_device else rates),
-        batch_size=None,
-        num_workers=min(workers, len(todo)),
-        multiprocessing_context="spawn" if workers else None,
-        pin_memory=dev.type == "cuda",
-        worker_init_fn=_one_thread if workers else None,
-    )
+    loader = decode_loader(BlockItems(blocks, None if on_device else rates), min(workers, len(todo)), dev)
     buffers: dict[int, BlockBuffer] = {}
     written: set[int] = set()
     total = sum(b - a for a, b in map(store.block_rows, todo))

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
+import torch
 from tqdm.auto import tqdm
+
+from ssondo_cache.devices import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +50,23 @@ class KMeansResult:
     seconds: float = 0.0
 
 
-def resolve_device(device: str) -> tuple[str, str]:
-    """'auto' | 'cpu' | 'cuda' -> (device used, why). A cuda request without a FAISS GPU is an error."""
-    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if device == "cpu":
-        return "cpu", "asked for cpu"
-    if device == "cuda":
-        if n_gpus == 0:
-            raise ClusterInputError("--device cuda asked, but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
-        return "cuda", f"asked for cuda; FAISS sees {n_gpus} GPU(s)"
-    if device == "auto":
-        if n_gpus > 0:
-            return "cuda", f"auto: FAISS sees {n_gpus} GPU(s)"
-        return "cpu", "auto: FAISS sees no GPU"
-    raise ClusterInputError(f"unknown device {device!r}: use auto, cpu or cuda")
+def faiss_device(device: str) -> tuple[str, str]:
+    """``--device`` for FAISS, read by the one resolver (ssondo_cache.devices) against the GPUs FAISS
+    sees (it links its own CUDA runtime): (device used, e.g. "cpu" or "cuda:1", why)."""
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    dev, why = pick_device(device, gpus, "FAISS (faiss.get_num_gpus())")
+    return str(dev), why
 
 
 def _flat_index(d: int, device: str, inner_product: bool = False) -> faiss.Index:
-    """Exact (flat) index, L2 or inner product, on the CPU or on GPU 0."""
-    if device != "cuda":
+    """Exact (flat) index, L2 or inner product, on the CPU or on GPU ``device`` (cuda = cuda:0)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
         return faiss.IndexFlatIP(d) if inner_product else faiss.IndexFlatL2(d)
     res = faiss.StandardGpuResources()
-    index = faiss.GpuIndexFlatIP(res, d) if inner_product else faiss.GpuIndexFlatL2(res, d)
+    cfg = faiss.GpuIndexFlatConfig()
+    cfg.device = dev.index or 0
+    index = faiss.GpuIndexFlatIP(res, d, cfg) if inner_product else faiss.GpuIndexFlatL2(res, d, cfg)
     index.referenced_objects = [res]  # the GPU resources live as long as the index
     return index
 
@@ -193,7 +191,7 @@ def kmeans(
     bad = nonfinite_rows(X)
     if bad:
         raise ClusterInputError(f"{bad} of {n} embedding rows contain NaN or Inf")
-    used, reason = resolve_device(device)
+    used, reason = faiss_device(device)
     log.info("k-means k=%d on %d x %d points, faiss device %s (%s)", k, n, d, used, reason)
     if normalize:
         X = l2_normalize_(X.copy() if copy else X)

@@ -33,6 +33,7 @@ from ssondo_cache.cluster_report import (
     plot_cluster_sizes,
     plot_projection,
 )
+from ssondo_cache.devices import DeviceError
 from ssondo_cache.kmeans import ClusterInputError, kmeans, kmeans_plusplus, l2_normalize_
 from ssondo_cache.manifests import clips_fingerprint, read_clips
 from ssondo_cache.pack import pack
@@ -257,7 +258,7 @@ def test_kmeans_refusals():
 @pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="checks the no-GPU refusal")
 def test_cuda_without_gpu_is_an_error_and_auto_says_cpu():
     X, _ = blobs([30, 30], d=4)
-    with pytest.raises(ClusterInputError, match="get_num_gpus"):
+    with pytest.raises(DeviceError, match=r"FAISS \(faiss.get_num_gpus\(\)\) sees no CUDA device"):
         kmeans(X, 2, device="cuda")
     res = kmeans(X, 2, device="auto")
     assert res.device == "cpu" and "no GPU" in res.device_reason

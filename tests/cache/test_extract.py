@@ -18,6 +18,7 @@ import zarr
 from click.testing import CliRunner
 
 from pipeline.cli import main as cli
+from ssondo_cache.devices import DeviceError
 from ssondo_cache.extract import extract
 from ssondo_cache.extract_items import plan_items
 from ssondo_cache.manifests import read_clips
@@ -327,7 +328,7 @@ def test_mismatches_are_refused(corpus: Path, reference, tmp_path: Path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_gpu_is_an_error_not_a_fallback(corpus: Path, tmp_path: Path):
     work = _copy(corpus, tmp_path)
-    with pytest.raises(RuntimeError, match="no CUDA device"):
+    with pytest.raises(DeviceError, match="no CUDA device"):
         extract(work, TINY, ts=1, device="cuda", workers=0, progress=False, teacher_options=OPTS)
     assert not (work / "cache").exists()
     out = CliRunner().invoke(cli, ["extract", str(work), "--teacher", TINY, "--ts", "1", "--device", "cuda"])
