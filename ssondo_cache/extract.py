@@ -12,7 +12,7 @@ k % w == r, and its DataLoader workers take whole blocks round-robin.
 Determinism: what goes into each teacher forward is planned from the manifest alone, per tar
 shard (``extract_items.plan_items``), so a clip meets the same batch-mates whatever the number of
 workers, processes or ranks, or where a killed run resumes: the cache ends bit-identical (on the
-same hardware and software) to one uninterrupted run. Batch size and precision are part of the
+same hardware and software) to one uninterrupted run. Batch size, precision and compile are part of the
 cache's identity for that reason.
 """
 
@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ssondo_cache import lifecycle
 from ssondo_cache.devices import resolve_device
 from ssondo_cache.extract_items import PCM16_SCALE, BlockItems, Plan, Resampler, block_work, make_plan
 from ssondo_cache.manifests import clips_fingerprint, read_clips, table_meta
@@ -242,6 +243,8 @@ def extract(
     ws = Workspace(work)
     clips = read_clips(work)
     plan = make_plan(clips, teacher.sample_rate, support)
+    if compile and support.is_full:
+        _refuse_many_full_lengths(plan)
     win_hop = support.in_samples(teacher.sample_rate)
     win, hop_n = win_hop if win_hop else (None, None)
     embedder = WindowEmbedder(teacher, dev, batch_size, compile)
@@ -272,7 +275,7 @@ def extract(
             "shard_offsets": plan.shard_offsets,
             "zarr_shard_rows": _pack_shard_size(clips, plan),
         },
-        identity=("batch_size", "precision"),
+        identity=("batch_size", "precision", "compile"),
     )
     mine = [k for k in range(store.n_blocks) if k % world_size == rank]
     done = store.done()
@@ -299,6 +302,24 @@ def extract(
     )
 
 
+def _refuse_many_full_lengths(plan: Plan) -> None:
+    """``--ts full --compile`` is accepted only while every clip length can have its own graph.
+
+    With TS full a forward's shape is (batch_size, clip length): each distinct length compiles a
+    graph, and past dynamo's recompile limit torch falls back to eager with a warning. Padding clips
+    to a few bucket lengths would bound the graphs, but a full-clip embedding would then include the
+    padding (the teacher hears it, and its attention mixes it in), so it would no longer be the
+    clip's embedding: refusing is the correct choice, and it costs one np.unique over the manifest."""
+    lengths = np.unique(plan.lengths)
+    limit = int(torch._dynamo.config.recompile_limit)
+    if len(lengths) > limit:
+        raise ValueError(
+            f"--ts full --compile: manifests/clips.parquet has {len(lengths)} distinct clip lengths, and "
+            f"torch.compile builds one graph per length and runs eagerly past {limit}; padding clips to "
+            "shared lengths would change full-clip embeddings. Drop --compile, or give --ts SECONDS"
+        )
+
+
 def _pack_shard_size(clips, plan: Plan) -> int:
     """The pack's nominal shard size (manifest metadata), else the largest tar shard."""
     size = table_meta(clips).get("shard_size")
@@ -319,9 +340,9 @@ def decode_loader(items: BlockItems, workers: int, device: torch.device) -> Data
         items,
         batch_size=None,
         num_workers=workers,
-        multiprocessing_context="spawn" if workers else None,
+        multiprocessing_context=lifecycle.child_context("spawn") if workers else None,  # die with us
         pin_memory=device.type == "cuda",
-        worker_init_fn=_one_thread if workers else None,
+        worker_init_fn=lifecycle.WorkerInit(_one_thread) if workers else None,
     )
 
 
@@ -380,7 +401,7 @@ def _run(
         ThreadPoolExecutor(MAX_PENDING_WRITES) as writer,
     ):
         pending: Embedded | None = None
-        for item in loader:
+        for item in lifecycle.until_stopped(loader):  # a stop signal: finish the queued blocks
             queued = embed_item(item, embedder, resampler, win, hop)
             if pending is not None:  # one item in flight: the device runs it while we store the previous
                 n = finish(pending)
@@ -395,6 +416,12 @@ def _run(
             bar.update(n)
         for f in writes:
             f.result()
+    lifecycle.raise_if_stopped(
+        lambda: (
+            f"{len(written)} finished blocks written by this run, {len(todo) - len(written)} of this "
+            f"rank's blocks left to do (those in flight abandoned) in {store.path}"
+        )
+    )
     missing = sorted(set(todo) - written)
     if missing:
         raise RuntimeError(f"blocks {missing[:10]} produced no complete output; re-run to resume")

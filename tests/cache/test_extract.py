@@ -19,13 +19,13 @@ from click.testing import CliRunner
 
 from pipeline.cli import main as cli
 from ssondo_cache.devices import DeviceError
-from ssondo_cache.extract import extract
-from ssondo_cache.extract_items import plan_items
+from ssondo_cache.extract import _refuse_many_full_lengths, extract
+from ssondo_cache.extract_items import make_plan, plan_items
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import iter_shard
 from ssondo_cache.store import CacheMismatchError, open_cache
-from ssondo_cache.windows import cut_windows
+from ssondo_cache.windows import TemporalSupport, cut_windows
 from ssondo_cache.workspace import Workspace
 from tests.cache.conftest import write_audio
 from tests.helpers.tiny_teacher import TinyTeacher
@@ -323,6 +323,33 @@ def test_mismatches_are_refused(corpus: Path, reference, tmp_path: Path):
         open_cache(work, "ts1-hop1")
     with pytest.raises(CacheMismatchError, match="clips_fingerprint"):
         extract(work, TINY, ts=1, device="cpu", batch_size=8, workers=0, progress=False, teacher_options=OPTS)
+
+
+def test_compile_is_part_of_the_cache_identity(corpus: Path, reference, tmp_path: Path):
+    """A compiled forward rounds differently from the eager one: resuming an eager cache compiled is
+    refused before anything runs, as another batch size or precision is."""
+    work = _copy(corpus, tmp_path)
+    shutil.copytree(corpus / "cache", work / "cache")
+    with pytest.raises(CacheMismatchError, match="compile is False in the cache, True now"):
+        extract(
+            work, TINY, ts=1, device="cpu", batch_size=8, compile=True, workers=0, progress=False,
+            teacher_options=OPTS,
+        )  # fmt: skip
+
+
+def test_full_clip_compile_is_refused_past_the_recompile_limit(corpus: Path, tmp_path: Path, monkeypatch):
+    """--ts full --compile: one graph per distinct clip length; past dynamo's limit it is refused
+    (the corpus has 7 lengths), before the cache is created."""
+    work = _copy(corpus, tmp_path)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 6)
+    with pytest.raises(ValueError, match="7 distinct clip lengths.*past 6"):
+        extract(
+            work, TINY, ts="full", device="cpu", compile=True, workers=0, progress=False, teacher_options=OPTS
+        )
+    assert not (work / "cache").exists()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 7)
+    plan = make_plan(read_clips(work), 16000, TemporalSupport.parse("full"))
+    _refuse_many_full_lengths(plan)  # 7 lengths, 7 graphs: accepted
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
