@@ -1,18 +1,23 @@
 """Probe every (model, task) pair and write the report: REPORT/results.json, results.md, results.png.
 
-The table reads like the paper's: one row per task, one column per model (teachers, students, the
-log-mel baseline), an Average row, and for each student the share of its teacher's score it keeps
-("% of teacher": per task 100 x student / teacher; overall 100 x student average / teacher average).
-A student's teacher is the evaluated teacher with the same ``teacher_id`` as the student's checkpoint.
-A task on which no teacher beats the log-mel baseline is flagged: it says nothing about the embeddings.
+The table reads like the paper's: one row per task, one column per model (teachers, students, their
+untrained twins, the log-mel baseline), an Average row, and for each student the share of its
+teacher's score it keeps ("% of teacher": per task 100 x student / teacher). Beside it, with CIs from
+a paired bootstrap over test items and probe seeds (``ssondo_eval.summary``): which tasks are
+informative (the teacher beats log-mel beyond the CI; the others are flagged), the gain retention,
+the score retention and the gain over the untrained student; averages over informative tasks only.
+Every checkpoint student gets its untrained twin (same architecture, same initialisation seed) as a
+column unless ``untrained=False``.
 
-Embeddings are cached per (model, task) under ``cache_dir`` and probe results per (embeddings, probe
-settings) under ``REPORT/probes/``, so re-running a finished report only re-reads them.
+Embeddings are cached per (model, task) under ``cache_dir`` and probe results (scores + per-item test
+predictions) per (embeddings, probe settings) under ``REPORT/probes/``, so re-running a finished
+report only re-reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -23,8 +28,10 @@ from tqdm import tqdm
 
 from ssondo_cache.atomic import write_bytes, write_json, write_text
 from ssondo_cache.provenance import code_version, now_iso
+from ssondo_eval.bootstrap import N_BOOT
 from ssondo_eval.embedders import Embedder, embed_task
 from ssondo_eval.probe import ProbeConfig, ProbeResult, probe_folds
+from ssondo_eval.summary import retention_markdown, summarise
 from ssondo_eval.tasks.base import Task
 
 
@@ -43,21 +50,32 @@ def probe_task(X: np.ndarray, task: Task, config: ProbeConfig, progress: bool = 
 
 def probe_pair(
     embedder: Embedder, task: Task, out: Path, cache_dir: Path, config: ProbeConfig, progress: bool
-) -> dict:
-    """Embeddings (cached) + probe (cached) for one (model, task); returns the probe result dict."""
+) -> tuple[dict, list[list[np.ndarray]]]:
+    """Embeddings (cached) + probe (cached) for one (model, task): (probe result dict, [seed][fold]
+    per-item test predictions); the predictions live beside the result as an .npz."""
     key = hashlib.sha256(
         json.dumps(
             [embedder.cache_id, task.fingerprint(), asdict(config)], sort_keys=True, default=str
         ).encode()
     ).hexdigest()[:16]
     path = out / "probes" / embedder.cache_id / f"{task.name}-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    npz = path.with_suffix(".npz")
+    if path.is_file() and npz.is_file():
+        result = json.loads(path.read_text())
+        with np.load(npz) as f:
+            n_folds = len(result["splits"][0])
+            preds = [[f[f"s{i}_f{j}"] for j in range(n_folds)] for i in range(len(result["splits"]))]
+        return result, preds
     X, info = embed_task(embedder, task, cache_dir, progress=progress)
-    result = probe_task(X, task, config, progress=progress).to_dict()
+    probe = probe_task(X, task, config, progress=progress)
+    result = probe.to_dict()
     result["embedding"] = {"dim": int(X.shape[1]), "compute": info.get("compute", {})}
-    write_json(path, result)
-    return result
+    preds = probe.test_predictions()
+    buf = io.BytesIO()
+    np.savez(buf, **{f"s{i}_f{j}": p for i, row in enumerate(preds) for j, p in enumerate(row)})
+    write_bytes(npz, buf.getvalue())
+    write_json(path, result)  # last: the pair is complete only when the result exists
+    return result, preds
 
 
 def _labels(models: list[Embedder]) -> list[str]:
@@ -68,44 +86,6 @@ def _labels(models: list[Embedder]) -> list[str]:
         seen[m.name] = seen.get(m.name, 0) + 1
         out.append(m.name if seen[m.name] == 1 else f"{m.name} #{seen[m.name]}")
     return out
-
-
-def summarise(models: list[Embedder], labels: list[str], tasks: list[Task], scores: dict) -> dict:
-    """Averages, retention of each student vs its teacher, and which tasks are informative."""
-    names = [t.name for t in tasks]
-    average = {lab: sum(scores[lab][t]["mean"] for t in names) / len(names) for lab in labels}
-    teachers = {m.teacher_id: lab for m, lab in zip(models, labels, strict=True) if m.kind == "teacher"}
-    retention = {}
-    for m, lab in zip(models, labels, strict=True):
-        if m.kind != "student":
-            continue
-        t_lab = teachers.get(m.teacher_id)
-        if t_lab is None:
-            retention[lab] = {
-                "teacher": None,
-                "teacher_id": m.teacher_id,
-                "note": "its teacher was not evaluated in this report",
-            }
-            continue
-        per_task = {
-            t: 100.0 * scores[lab][t]["mean"] / scores[t_lab][t]["mean"]
-            if scores[t_lab][t]["mean"] > 0
-            else None
-            for t in names
-        }
-        retention[lab] = {
-            "teacher": t_lab,
-            "teacher_id": m.teacher_id,
-            "per_task": per_task,
-            "average": 100.0 * average[lab] / average[t_lab] if average[t_lab] > 0 else None,
-        }
-    baselines = [lab for m, lab in zip(models, labels, strict=True) if m.kind == "baseline"]
-    informative = {}
-    if baselines and teachers:
-        for t in names:
-            best_base = max(scores[b][t]["mean"] for b in baselines)
-            informative[t] = any(scores[lab][t]["mean"] > best_base for lab in teachers.values())
-    return {"average": average, "retention": retention, "informative": informative}
 
 
 def _cell(entry: dict) -> str:
@@ -143,17 +123,19 @@ def results_markdown(report: dict) -> str:
             pct = report["retention"][s]["per_task"][name]
             row.append("–" if pct is None else f"{pct:.1f} %")
         lines.append("| " + " | ".join(row) + " |")
-    avg = ["**Average**", "", *[f"**{100 * report['average'][lab]:.1f}**" for lab in labels]]
+    over = "informative tasks" if report.get("average_over") == "informative" else "all tasks"
+    avg = [f"**Average** ({over})", "", *[f"**{100 * report['average'][lab]:.1f}**" for lab in labels]]
     for s in students:
         pct = report["retention"][s]["average"]
         avg.append("–" if pct is None else f"**{pct:.1f} %**")
     lines += ["| " + " | ".join(avg) + " |", ""]
     if flagged:
         lines += [
-            f"† no teacher beats the log-mel statistics baseline on {', '.join(flagged)}: "
+            f"† no teacher beats the log-mel statistics baseline beyond the CI on {', '.join(flagged)}: "
             "those scores say nothing about what the embeddings add.",
             "",
         ]
+    lines += retention_markdown(report)
     for lab, r in report["retention"].items():
         if not r.get("teacher"):
             lines += [f"{lab}: no retention figure, {r['note']} (teacher_id {r['teacher_id']}).", ""]
@@ -211,20 +193,28 @@ def evaluate(
     probe_config: ProbeConfig | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    untrained: bool = True,
+    bootstrap: int = N_BOOT,
 ) -> dict:
     """Probe every model on every task; write REPORT/results.{json,md,png}; return the report dict.
 
-    ``cache_dir`` holds the per-(model, task) embeddings (default ``REPORT/embeddings``)."""
+    ``cache_dir`` holds the per-(model, task) embeddings (default ``REPORT/embeddings``);
+    ``untrained``: add each checkpoint student's untrained twin; ``bootstrap``: replicates per task."""
+    from ssondo_eval.untrained import pair_untrained, with_untrained
+
     if not models or not tasks:
         raise ValueError("evaluate needs at least one model and one task")
     out = Path(out)
     config = probe_config or ProbeConfig()
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
+    models = with_untrained(list(models)) if untrained else list(models)
     labels = _labels(models)
+    untrained_of = {labels[i]: labels[j] for i, j in pair_untrained(models).items()}
     scores: dict[str, dict[str, dict]] = {lab: {} for lab in labels}
+    preds: dict[str, dict[str, list]] = {lab: {} for lab in labels}
     pairs = [(m, lab, t) for m, lab in zip(models, labels, strict=True) for t in tasks]
     for m, lab, t in tqdm(pairs, desc="eval", disable=not progress):
-        scores[lab][t.name] = probe_pair(m, t, out, cache_dir, config, progress)
+        scores[lab][t.name], preds[lab][t.name] = probe_pair(m, t, out, cache_dir, config, progress)
     report = {
         "created": now_iso(),
         "code_version": code_version(),
@@ -232,7 +222,7 @@ def evaluate(
         "tasks": [t.describe() for t in tasks],
         "models": [{"label": lab, **m.describe()} for m, lab in zip(models, labels, strict=True)],
         "scores": scores,
-        **summarise(models, labels, tasks, scores),
+        **summarise(models, labels, tasks, scores, preds, untrained_of, n_boot=bootstrap),
     }
     return write_report(report, out, "results", results_markdown, results_chart)
 
@@ -343,6 +333,8 @@ def run_evaluation(
     cache_dir: str | Path | None = None,
     teacher_options: dict | None = None,
     progress: bool = True,
+    untrained: bool = True,
+    bootstrap: int = N_BOOT,
 ) -> dict:
     """Everything ``ssondo eval`` does: build the tasks and the models, probe, write the report."""
     from ssondo_eval.tasks import load_tasks
@@ -351,4 +343,13 @@ def run_evaluation(
     models = build_models(
         runs, teacher, checkpoint, work, cache, baseline, ts, teacher_ts, device, batch_size, teacher_options
     )
-    return evaluate(models, tasks, out, probe_config=probe_config, cache_dir=cache_dir, progress=progress)
+    return evaluate(
+        models,
+        tasks,
+        out,
+        probe_config=probe_config,
+        cache_dir=cache_dir,
+        progress=progress,
+        untrained=untrained,
+        bootstrap=bootstrap,
+    )

@@ -7,6 +7,10 @@ BCE for multi-label ones. Scores: accuracy or macro mAP. Repeated over seeds; re
 and a 95 % confidence interval from the t-distribution. The test rows are only ever scored, once,
 with the weights chosen on validation: they never pick an epoch, a class list or a scaler.
 
+Each split also keeps its per-item test predictions (``SplitResult.test_pred``: the predicted class of
+each test row, or its C scores for multi-label tasks), so that a report can resample the test items
+(``ssondo_eval.bootstrap``) instead of trusting the seeds' spread alone.
+
 Labels:
 - single-label: ``y`` int64 (N,) class indices;
 - multi-label: ``y`` float32 (N, C) in {0, 1}, NaN where a label was not annotated (OpenMIC):
@@ -47,6 +51,11 @@ class SplitResult:
     val_score: float
     best_epoch: int  # 0-based epoch whose weights were kept
     epochs_run: int
+    # per test row, in the fold's test order: int32 (n,) predicted class, or float32 (n, C) scores
+    test_pred: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "test_pred"}
 
 
 @dataclass
@@ -63,8 +72,12 @@ class ProbeResult:
             "scores": self.scores,
             "mean": self.mean,
             "ci95": self.ci95,
-            "splits": [[vars(s) for s in per_seed] for per_seed in self.splits],
+            "splits": [[s.to_dict() for s in per_seed] for per_seed in self.splits],
         }
+
+    def test_predictions(self) -> list[list[np.ndarray]]:
+        """[seed][fold] per-item test predictions (see :class:`SplitResult`)."""
+        return [[s.test_pred for s in per_seed] for per_seed in self.splits]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
@@ -139,6 +152,16 @@ def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
     return macro_map(logits, y) if multilabel else accuracy(logits, y)
 
 
+def prediction(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """What a test row's score is computed from: its class (argmax) or, multi-label, its C scores."""
+    return logits.astype(np.float32) if multilabel else logits.argmax(axis=1).astype(np.int32)
+
+
+def score_predictions(pred: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
+    """The task metric from :func:`prediction` output: accuracy of classes, or macro mAP of scores."""
+    return macro_map(pred, y) if multilabel else float((pred == y).mean())
+
+
 def _forward_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     model.eval()
     with torch.no_grad():
@@ -194,8 +217,14 @@ def fit_and_score(
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
-    test_score = _score(_forward_all(model, xte), y_test, multilabel)
-    return SplitResult(test_score=test_score, val_score=best[0], best_epoch=best_epoch, epochs_run=epoch + 1)
+    test_logits = _forward_all(model, xte)
+    return SplitResult(
+        test_score=_score(test_logits, y_test, multilabel),
+        val_score=best[0],
+        best_epoch=best_epoch,
+        epochs_run=epoch + 1,
+        test_pred=prediction(test_logits, multilabel),
+    )
 
 
 def carve_validation(

@@ -162,6 +162,21 @@ def evaluate() -> None:
     "cache), or 'full' = the whole clip in one forward (the teacher chunks it itself).",
 )
 @click.option(
+    "--untrained/--no-untrained",
+    default=True,
+    show_default=True,
+    help="Add each student's untrained twin (same architecture, same initialisation seed, rebuilt "
+    "from its checkpoint) as a baseline column.",
+)
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=100),
+    default=1000,
+    show_default=True,
+    help="Bootstrap replicates per task for the CIs (test items resampled, paired across models, "
+    "probe seeds drawn).",
+)
+@click.option(
     "--embedding-cache",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -177,6 +192,8 @@ def probe(
     baseline,
     ts,
     teacher_ts,
+    untrained,
+    bootstrap,
     embedding_cache,
     tasks,
     out,
@@ -187,7 +204,9 @@ def probe(
     progress,
 ) -> None:
     """Probe student RUNs (folders holding student.pt, or the files), a teacher and the baseline on every
-    --task; write REPORT/results.json, results.md (per task, average, student % of teacher) and results.png."""
+    --task, with each student's untrained twin; write REPORT/results.json, results.md (per task, average
+    over informative tasks, % of teacher, gain retention, score retention and gain over the untrained
+    student with bootstrap CIs) and results.png."""
     from ssondo_eval.evaluate import run_evaluation
 
     try:
@@ -208,6 +227,8 @@ def probe(
             cache_dir=embedding_cache,
             teacher_options=teacher_options,
             progress=progress,
+            untrained=untrained,
+            bootstrap=bootstrap,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
