@@ -463,6 +463,7 @@ def test_cuda_path_bf16_is_deterministic_across_ranks(corpus: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.inductor
 def test_compiled_teacher_on_the_cpu_gives_the_eager_embeddings(corpus: Path, tmp_path: Path, reference):
     """--compile pads every forward to batch_size rows (one static shape); the padding rows must not
     leak into the embeddings. Runs torch.compile (inductor) on the CPU: the GPU path's logic, here.
