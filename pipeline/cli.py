@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "train": "pipeline.commands.train:train",
     "eval": "pipeline.commands.evaluate:evaluate",
     "export": "pipeline.commands.export:export",
+    "ablate": "pipeline.commands.ablate:ablate",
     "demo": "pipeline.commands.demo:demo",
 }
 
