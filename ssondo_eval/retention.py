@@ -6,8 +6,8 @@ arrays (bootstrap replicates, element-wise).
 
 :func:`task_figures` gives one student's figures on one task with their confidence intervals, from the
 paired bootstrap replicates of ``ssondo_eval.bootstrap`` (test items resampled, probe seeds drawn):
-gain retention, score retention and the gain over the untrained student (same architecture, same
-initialisation). :func:`informative_average` averages them over the informative tasks only: those
+gain retention, score retention, and the gains over log-mel and over the untrained student (same
+architecture, same initialisation). :func:`informative_average` averages them over the informative tasks only: those
 where the teacher beats log-mel beyond the CI of their paired difference (:func:`teacher_gain`).
 """
 
@@ -53,7 +53,7 @@ def teacher_gain(
     return {"gain_over_logmel": gain, "informative": excludes_zero_above(gain)}
 
 
-FIGURES = ("gain_retention", "score_retention", "gain_over_untrained")
+FIGURES = ("gain_retention", "score_retention", "gain_over_logmel", "gain_over_untrained")
 
 
 def task_figures(
@@ -73,8 +73,13 @@ def task_figures(
     reps = {
         "gain_retention": gain_retention(boot[student], boot[teacher], boot[logmel]),
         "score_retention": score_retention(boot[student], boot[teacher]),
+        "gain_over_logmel": boot[student] - boot[logmel],
     }
-    points = {"gain_retention": gain_retention(s, t, b), "score_retention": score_retention(s, t)}
+    points = {
+        "gain_retention": gain_retention(s, t, b),
+        "score_retention": score_retention(s, t),
+        "gain_over_logmel": s - b,
+    }
     if untrained is not None:
         reps["gain_over_untrained"] = boot[student] - boot[untrained]
         points["gain_over_untrained"] = s - means[untrained]

@@ -21,6 +21,7 @@ from ssondo_eval.tasks.base import Task
 FIGURE_TITLES = {
     "gain_retention": "gain retention",
     "score_retention": "score retention",
+    "gain_over_logmel": "gain over log-mel (pp)",
     "gain_over_untrained": "gain over untrained (pp)",
 }
 
@@ -122,6 +123,10 @@ def _interval(x: dict | None, scale: float = 100.0, unit: str = "") -> str:
     return f"{scale * x['value']:.1f}{unit} [{scale * x['low']:.1f}, {scale * x['high']:.1f}]"
 
 
+def _unit(figure: str) -> str:
+    return "" if figure.startswith("gain_over") else " %"
+
+
 def retention_markdown(report: dict) -> list[str]:
     """The 'against the baselines' section of results.md (empty without a log-mel baseline)."""
     if not report.get("teacher_gain"):
@@ -153,7 +158,7 @@ def retention_markdown(report: dict) -> list[str]:
     avg = ["**average (informative tasks)**", "", ""]
     for s in students:
         a = report["retention"][s]["informative_average"]
-        avg += [_interval(a.get(k), unit=" %" if k != "gain_over_untrained" else "") for k in FIGURE_TITLES]
+        avg += [_interval(a.get(k), unit=_unit(k)) for k in FIGURE_TITLES]
     lines += ["| " + " | ".join(avg) + " |", ""]
     if not any(report["informative"].values()):
         lines += ["No task is informative: the averages say nothing about the students.", ""]

@@ -142,6 +142,8 @@ def test_task_figures_and_the_average_over_informative_tasks_by_hand():
     assert fig["gain_retention"]["value"] == pytest.approx(0.75)
     assert fig["score_retention"]["value"] == pytest.approx(0.875)
     assert fig["gain_over_untrained"]["value"] == pytest.approx(0.2)
+    assert fig["gain_over_logmel"]["value"] == pytest.approx(0.3)
+    np.testing.assert_allclose(reps["gain_over_logmel"], boot["s"] - boot["b"])
     np.testing.assert_allclose(reps["gain_over_untrained"], boot["s"] - boot["u"])
     ratio = (boot["s"] - boot["b"]) / (boot["t"] - boot["b"])
     finite = ratio[boot["t"] > boot["b"]]
