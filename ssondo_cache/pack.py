@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing as mp
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ssondo_cache import audio as A
+from ssondo_cache import lifecycle
 from ssondo_cache.atomic import atomic_path, write_json
 from ssondo_cache.manifests import clips_table, rejects_table, table_meta, with_meta, write_table
 from ssondo_cache.plan import (
@@ -155,8 +155,14 @@ def pack(
             disable=not progress or not tasks,
         )
         results = pool.imap_unordered(_build_shard_task, tasks) if pool else map(_build_shard_task, tasks)
-        for n in results:
+        for n in lifecycle.until_stopped(results):  # a stop signal: the shards in flight are abandoned
             bar.update(n)
+        lifecycle.raise_if_stopped(
+            lambda: (
+                f"{sum(shard_complete(ws, plan, s) for s in todo)} of this rank's {len(todo)} shards "
+                f"written by this run, the rest left to do in {ws.shards_dir}"
+            )
+        )
         bar.close()
     missing = [s for s in range(plan.n_shards) if not shard_complete(ws, plan, s)]
     result = PackResult(
@@ -213,6 +219,9 @@ def build_shard(
     rejects: list[dict[str, Any]] = []
     with atomic_path(tar_path) as tmp, open(tmp, "wb") as f, ShardWriter(f) as writer:
         for item, sha in _with_source_sha(items):
+            lifecycle.raise_if_stopped(
+                f"shard {shard} abandoned; finished shards are kept in {tar_path.parent}"
+            )
             clip = _clip_or_reject(item, sha, params, rejects)
             if clip is None:
                 continue
@@ -369,7 +378,7 @@ def _pool(workers: int) -> Iterator[Any]:
     if workers <= 1:
         yield None
         return
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+    with lifecycle.child_context("spawn").Pool(workers, initializer=_init_worker) as pool:  # die with us
         yield pool
 
 

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ssondo_cache import lifecycle
 from ssondo_cache.atomic import write_json, write_text
 from ssondo_cache.devices import resolve_device
 from ssondo_cache.provenance import now_iso
@@ -189,7 +190,8 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         loader = stream.loader(
             cfg.num_workers,
             pin_memory=device.type == "cuda",
-            worker_init_fn=_worker_init if cfg.num_workers else None,
+            multiprocessing_context=lifecycle.child_context() if cfg.num_workers else None,  # die with us
+            worker_init_fn=lifecycle.WorkerInit(_worker_init) if cfg.num_workers else None,
             generator=torch.Generator(),
         )  # its own seed draw: the global RNG stays untouched
         for batch in loader:
@@ -238,7 +240,8 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
                         "val_cosine_distance": validate(parts, val, stream.cfg.batch_size),
                     }
                 )
-            if step % cfg.checkpoint_every == 0 or step == end_step:
+            stop = lifecycle.stop_agreed(world_size, device)  # a stop signal: every rank at this step
+            if stop or step % cfg.checkpoint_every == 0 or step == end_step:
                 run_state.save(
                     run,
                     step,
@@ -250,6 +253,10 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
                     rank,
                     world_size,
                     cfg.keep_checkpoints,
+                )
+            if stop and step < end_step:
+                raise lifecycle.Stopped(
+                    stop, f"checkpoint of step {step} of {end_step} in {run / 'checkpoints'}"
                 )
             if step == end_step or step % steps_per_epoch == 0:
                 break
