@@ -4,6 +4,10 @@ DIR/
   audio/instruments/{fluidr3,timgm6mb}/<family>/pNNN-nNNN-vNNN.wav   32 kHz renders, 2 s
   audio/speech/<voice>/{digits,prompts}/<name>.wav                   8 kHz Asterisk voice prompts
   audio/sonicpi/<category>/<name>.wav                                44.1 kHz Sonic Pi samples
+  large only:
+  audio/percussion/{fluidr3,timgm6mb}/<kind>/kNNN-nNNN-vNNN.wav       32 kHz GM drum-kit hits
+  audio/packages/<source>/<file>[-wNNN].wav                           game music (10 s windows), effects
+  audio/midi/{fluidr3,timgm6mb}/<song>-wNNN.wav                       OpenMSX songs rendered, 10 s windows
   manifests/demo/{all,distill,sources,<task>}.csv                     see tasks.py for columns
   README.md (sizes, licences, what is missing), corpus.json (the DemoCorpus, + build time)
 
@@ -18,7 +22,6 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -27,7 +30,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.demo_corpus import debian, recordings, soundfont, tasks
+from pipeline.demo_corpus import debian, large, packages, recordings, soundfont, tasks
+from pipeline.demo_corpus.large import Maker
 from pipeline.demo_corpus.readme import corpus_readme
 from ssondo_cache.atomic import atomic_path, write_json, write_text
 from ssondo_cache.provenance import code_version, sha256_file
@@ -48,11 +52,18 @@ class CorpusSize:
     timgm_notes: int
     sonicpi_per_category: int  # 0 = every sample
     prompts_per_voice: int  # unlabelled speech prompts for the distillation list
+    holds: tuple[float, ...] = (soundfont.HOLD_S,)  # note durations, cycled
+    drum_velocities: tuple[int, ...] = ()  # percussion hits (every kit, kind, key): none = no task
+    packages: bool = False  # game music and effects, sample libraries, MIDI songs (large.py)
+    distill_excludes: tuple[str, ...] = ("test",)  # task splits kept out of the distillation list
 
 
 SIZES: dict[str, CorpusSize] = {
     "full": CorpusSize("full", 8, 4, 8, 2, 0, 32),
     "small": CorpusSize("small", 5, 1, 4, 1, 5, 0),
+    "large": CorpusSize(
+        "large", 8, 8, 8, 4, 0, 400, (0.5, 1.0, 2.0), (80, 120), packages=True, distill_excludes=tasks.SPLITS
+    ),
 }
 
 
@@ -71,6 +82,7 @@ class DemoCorpus:
     problems: list[str] = field(default_factory=list)
     skipped_clips: list[str] = field(default_factory=list)  # renders that came out silent
     sources_info: dict[str, str] = field(default_factory=dict)
+    by_source: dict[str, list] = field(default_factory=dict)  # package -> [clips, seconds]
     code_version: str = ""
     build_seconds: float = 0.0
 
@@ -89,9 +101,6 @@ class DemoCorpus:
 
 class DemoCorpusError(RuntimeError):
     pass
-
-
-Maker = Callable[[], tuple[np.ndarray, int] | None]
 
 
 def build_demo_corpus(
@@ -119,16 +128,19 @@ def build_demo_corpus(
     corpus = DemoCorpus(
         out=str(out), size=size, complete=True, n_clips=0, seconds=0.0, code_version=code_version()
     )
-    roots = _fetch_all(cache, download, corpus, progress)
+    roots = _fetch_all(cache, download, corpus, progress, large.source_packages() if spec.packages else [])
 
     planned: list[tuple[tasks.Clip, Maker]] = []
     pools: dict[str, list[tuple]] = {}  # fluid/timgm/sonicpi: (clip, label); digits: (clip, digit, voice)
-    _plan_instruments(spec, roots, planned, pools, corpus)
+    fonts = _plan_instruments(spec, roots, planned, pools, corpus)
     _plan_speech(spec, roots, planned, pools)
     _plan_sonic_pi(spec, roots, planned, pools)
+    if spec.packages:
+        corpus.skipped_clips += large.plan_packages(roots, planned, pools, corpus.problems)
+        large.plan_midi(roots, fonts, planned)
 
     written = _write_audio(out, planned, corpus, progress)
-    for clip, _ in pools.get("fluid", []) + pools.get("timgm", []):
+    for clip, _ in sum((pools.get(p, []) for p in ("fluid", "timgm", "fluid_drums", "timgm_drums")), []):
         if clip.rel not in written:
             corpus.skipped_clips.append(clip.rel)
 
@@ -153,7 +165,15 @@ def build_demo_corpus(
         if "sonicpi" in pools
         else tasks.Task("sonicpi_category", "", skipped=f"needs {recordings.SONIC_PI_PACKAGE}"),
     ]
-    _write_manifests(out, [c for c, _ in planned if c.rel in written], built, corpus)
+    if spec.drum_velocities:
+        built.append(
+            tasks.percussion_task(keep(pools["fluid_drums"]), keep(pools["timgm_drums"]))
+            if "fluid_drums" in pools
+            else tasks.Task("percussion", "", skipped=f"needs {FLUID_PACKAGE} (FluidR3_GM kits to train on)")
+        )
+    if spec.packages:
+        built.append(tasks.game_music_task(keep(pools["game_music"])))
+    _write_manifests(out, [c for c, _ in planned if c.rel in written], built, corpus, spec.distill_excludes)
     for task in built:
         if task.skipped:
             corpus.complete = False
@@ -188,8 +208,13 @@ def _all_audio_present(all_csv: Path) -> bool:
         return all((all_csv.parent / row["path"]).is_file() for row in csv.DictReader(f))
 
 
-def _fetch_all(cache: Path, download: bool, corpus: DemoCorpus, progress: bool) -> dict[str, Path]:
+def _fetch_all(
+    cache: Path, download: bool, corpus: DemoCorpus, progress: bool, extra: list[str]
+) -> dict[str, Path]:
     names = [FLUID_PACKAGE, recordings.SONIC_PI_PACKAGE] + sorted({v.package for v in recordings.VOICES})
+    names += extra
+    if reserved := sorted(set(names) & packages.FORBIDDEN_PACKAGES):
+        raise DemoCorpusError(f"reserved for independent evaluation, never read: {reserved}")
     roots = {}
     for name in names:
         try:
@@ -206,11 +231,13 @@ def _fetch_all(cache: Path, download: bool, corpus: DemoCorpus, progress: bool) 
 
 def _plan_instruments(
     spec: CorpusSize, roots: dict[str, Path], planned: list, pools: dict, corpus: DemoCorpus
-) -> None:
+) -> list[tuple[str, Path, str]]:
+    """Plan the notes (and drum hits) of every soundfont; return its (folder, sf2, licence)."""
     timgm = soundfont.timgm6mb_path()
     corpus.packages["pretty_midi (TimGM6mb.sf2)"] = pkg_version("pretty_midi")
     corpus.packages["tinysoundfont (renderer)"] = pkg_version("tinysoundfont")
     corpus.sources_info["TimGM6mb.sf2 sha256"] = sha256_file(timgm)
+    drums = soundfont.plan_drums(soundfont.DRUM_KITS, spec.drum_velocities) if spec.drum_velocities else []
     fonts = [
         (
             "timgm",
@@ -218,7 +245,7 @@ def _plan_instruments(
             timgm,
             "pretty_midi",
             TIMGM_LICENCE,
-            soundfont.plan_notes(spec.timgm_programs, spec.timgm_notes, phase=0.25),
+            soundfont.plan_notes(spec.timgm_programs, spec.timgm_notes, 0.25, spec.holds),
         )
     ]
     if FLUID_PACKAGE in roots:
@@ -229,21 +256,28 @@ def _plan_instruments(
                 roots[FLUID_PACKAGE] / FLUID_SF2,
                 FLUID_PACKAGE,
                 FLUID_LICENCE,
-                soundfont.plan_notes(spec.fluid_programs, spec.fluid_notes, phase=0.5),
+                soundfont.plan_notes(spec.fluid_programs, spec.fluid_notes, 0.5, spec.holds),
             )
         )
     for pool, folder, sf2, source, licence, notes in fonts:
         renderer = _LazyRenderer(sf2)
-        pools[pool] = []
-        for note in notes:
-            clip = tasks.Clip(
-                f"audio/instruments/{folder}/{note.family.label}/{note.stem}.wav",
-                source,
-                f"{sf2.name} bank 0 program {note.program} note {note.note} velocity {note.velocity}",
-                licence,
-            )
-            planned.append((clip, renderer.maker(note)))
-            pools[pool].append((clip, note.family.label))
+        for kind, pool_name, group in (("instruments", pool, notes), ("percussion", f"{pool}_drums", drums)):
+            if not group:
+                continue
+            pools[pool_name] = []
+            for note in group:
+                what = "kit" if note.bank == soundfont.DRUM_BANK else "program"
+                clip = tasks.Clip(
+                    f"audio/{kind}/{folder}/{note.family.label}/{note.stem}.wav",
+                    source,
+                    f"{sf2.name} bank {note.bank} {what} {note.program} note {note.note} "
+                    f"velocity {note.velocity}"
+                    + (f" hold {note.hold:g} s" if note.hold != soundfont.HOLD_S else ""),
+                    licence,
+                )
+                planned.append((clip, renderer.maker(note)))
+                pools[pool_name].append((clip, note.family.label))
+    return [(folder, sf2, licence) for _, folder, sf2, _, licence, _ in fonts]
 
 
 class _LazyRenderer:
@@ -334,18 +368,23 @@ def _write_audio(
             with atomic_path(path) as tmp:
                 sf.write(str(tmp), audio, sr, subtype="PCM_16", format="WAV")
         written.add(clip.rel)
-        seconds += sf.info(str(path)).duration
+        clip_s = sf.info(str(path)).duration
+        seconds += clip_s
+        entry = corpus.by_source.setdefault(clip.source, [0, 0.0])
+        entry[0], entry[1] = entry[0] + 1, round(entry[1] + clip_s, 3)
     corpus.n_clips, corpus.seconds = len(written), round(seconds, 1)
     return written
 
 
-def _write_manifests(out: Path, clips: list[tasks.Clip], built: list[tasks.Task], corpus: DemoCorpus) -> None:
+def _write_manifests(
+    out: Path, clips: list[tasks.Clip], built: list[tasks.Task], corpus: DemoCorpus, excludes: tuple[str, ...]
+) -> None:
     mdir = out / MANIFEST_DIR
-    test_rels = {c.rel for task in built for c, _, split in task.rows if split == "test"}
+    task_rels = {c.rel for task in built for c, _, split in task.rows if split in excludes}
     lists = {
         "all": tasks.list_csv(clips, mdir, out),
-        # the student never hears a clip that some task tests on
-        "distill": tasks.list_csv([c for c in clips if c.rel not in test_rels], mdir, out),
+        # the student never hears a clip that some task tests on (large: any task clip)
+        "distill": tasks.list_csv([c for c in clips if c.rel not in task_rels], mdir, out),
         "sources": tasks.sources_csv(clips, mdir, out),
     }
     for name, text in lists.items():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.demo_corpus import midi, packages
+from pipeline.demo_corpus.large import source_packages
+
 if TYPE_CHECKING:
     from pipeline.demo_corpus.build import DemoCorpus
 
@@ -25,6 +28,20 @@ LICENCES = """\
 `manifests/demo/sources.csv` names, for every clip, its package, the file inside it (or the
 soundfont preset and note rendered) and the licence: keep it with any copy of the audio
 (CC-BY-SA asks for attribution and share-alike)."""
+
+
+def large_licences() -> str:
+    """The table rows of the sources only the large corpus reads (from their registries)."""
+    rows = [
+        f"| Debian `{s.package}` | {s.what}: music cut into {packages.CLIP_S:g} s windows, "
+        f"effects whole (at most {s.max_hours:g} h) | {s.licence} |"
+        for s in packages.SOURCES
+    ]
+    rows.append(
+        f"| Debian `{midi.OPENMSX_PACKAGE}` | OpenMSX MIDI songs rendered through FluidR3_GM and TimGM6mb, "
+        f"{packages.CLIP_S:g} s windows | {midi.OPENMSX_LICENCE} |"
+    )
+    return "\n".join(rows)
 
 
 def corpus_readme(corpus: DemoCorpus) -> str:
@@ -61,6 +78,17 @@ def corpus_readme(corpus: DemoCorpus) -> str:
             f"| {name} | {c['train']} | {c['valid']} | {c['test']} | {len(t['labels'])} "
             f"| {t['seconds']} | {t['description']} |"
         )
+    has_large = any(pkg in corpus.by_source for pkg in source_packages())
+    if has_large:
+        lines[8:8] = [
+            "The large corpus adds game music cut into consecutive windows of at most 10 s, game",
+            "effects and samples (1 to 10 s) and MIDI songs rendered at 32 kHz; its distillation list",
+            "leaves out every task clip (train, valid and test), not only the test clips.",
+            "",
+        ]
+    lines += ["", "## Sources", "", "| package | clips | hours |", "| --- | --- | --- |"]
+    for name, (clips, seconds) in sorted(corpus.by_source.items()):
+        lines.append(f"| {name} | {clips} | {seconds / 3600:.2f} |")
     lines += ["", "Labels:", ""]
     for name, t in sorted(corpus.tasks.items()):
         if not t.get("skipped"):
@@ -68,7 +96,11 @@ def corpus_readme(corpus: DemoCorpus) -> str:
     lines += ["", "## Packages used", "", "| package | version |", "| --- | --- |"]
     for name, ver in sorted(corpus.packages.items()):
         lines.append(f"| {name} | {ver.splitlines()[0] if ver else ver} |")
-    lines += ["", "## Licences", "", LICENCES, "", "## What is missing", ""]
+    licences = LICENCES
+    if has_large:  # the rows go in after the last row of the common table
+        head, tail = LICENCES.split("\n\n", 1)
+        licences = f"{head}\n{large_licences()}\n\n{tail}"
+    lines += ["", "## Licences", "", licences, "", "## What is missing", ""]
     if corpus.problems:
         lines += [f"- {p.splitlines()[0]}" for p in corpus.problems]
         lines += [

@@ -80,7 +80,7 @@ def prompt_recordings(root: Path, voice: Voice, count: int) -> list[Recording]:
         return []
     folder = voice_dir(root, voice)
     fitting = [p for p in sorted(folder.glob(f"*.{voice.ext}")) if MIN_S <= duration(p) <= MAX_S]
-    picks = _spread(len(fitting), count)
+    picks = spread(len(fitting), count)
     return [Recording(fitting[i], voice.package, voice.licence, _stem(fitting[i]), voice.name) for i in picks]
 
 
@@ -111,7 +111,7 @@ def duration(path: Path) -> float:
     return gsm.duration(path) if path.suffix == ".gsm" else sf.info(str(path)).duration
 
 
-def _spread(n: int, count: int) -> list[int]:
+def spread(n: int, count: int) -> list[int]:
     """`count` indices spread evenly over range(n) (all of them when count >= n)."""
     if count >= n:
         return list(range(n))

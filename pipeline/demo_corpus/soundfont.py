@@ -14,7 +14,7 @@ import numpy as np
 
 SAMPLE_RATE = 32_000  # the pack default: the demo corpus needs no resampling on the instrument side
 HOLD_S = 1.0  # key held down this long, then released
-CLIP_S = 2.0  # hold + release tail
+RELEASE_S = 1.0  # the tail after the release: a clip lasts hold + RELEASE_S
 PEAK = 0.5  # peak-normalised to -6 dBFS: loudness differs between soundfonts and is no family cue
 SILENT_RMS = 1e-4  # a render quieter than this is a preset that produces nothing: skipped, recorded
 
@@ -47,6 +47,25 @@ FAMILIES: tuple[Family, ...] = (
     Family("ethnic", 104, 48, 79),
 )
 VELOCITIES = (72, 96, 120)
+DRUM_BANK = 128  # SoundFont bank of the General MIDI percussion kits
+
+# GM percussion keys grouped into kinds of drum sound, for the percussion task; keys left out
+# are the ambiguous ones (side stick, vibraslap, whistles, guiro, cuica...).
+DRUM_KINDS: dict[str, tuple[int, ...]] = {
+    "kick": (35, 36),
+    "snare": (38, 40),
+    "clap": (39,),
+    "hihat_closed": (42, 44),
+    "hihat_open": (46,),
+    "tom": (41, 43, 45, 47, 48, 50),
+    "crash": (49, 52, 55, 57),
+    "ride": (51, 53, 59),
+    "hand_drum": (60, 61, 62, 63, 64, 65, 66),
+    "shaker": (54, 69, 70),
+    "wood": (75, 76, 77),
+    "bell": (56, 67, 68, 80, 81),
+}
+DRUM_KITS = (0, 8, 16, 24, 25, 32, 40, 48)  # GM kit presets: standard, room, power, ..., orchestra
 
 
 @dataclass(frozen=True)
@@ -55,10 +74,14 @@ class Note:
     program: int
     note: int
     velocity: int
+    hold: float = HOLD_S  # seconds the key is held; the clip adds RELEASE_S of tail
+    bank: int = 0  # DRUM_BANK: `program` is a percussion kit, `note` a drum key
 
     @property
     def stem(self) -> str:
-        return f"p{self.program:03d}-n{self.note:03d}-v{self.velocity:03d}"
+        kind = "k" if self.bank == DRUM_BANK else "p"
+        held = "" if self.hold == HOLD_S else f"-h{round(self.hold * 1000):04d}"
+        return f"{kind}{self.program:03d}-n{self.note:03d}-v{self.velocity:03d}{held}"
 
 
 def timgm6mb_path() -> Path:
@@ -75,11 +98,14 @@ def timgm6mb_path() -> Path:
     return path
 
 
-def plan_notes(programs_per_family: int, notes_per_program: int, phase: float) -> list[Note]:
-    """Which (program, note, velocity) to render, in a fixed order.
+def plan_notes(
+    programs_per_family: int, notes_per_program: int, phase: float, holds: tuple[float, ...] = (HOLD_S,)
+) -> list[Note]:
+    """Which (program, note, velocity, hold) to render, in a fixed order.
 
     Programs are spread evenly over each family's 8; notes evenly over its range, shifted by
-    `phase` (0..1, so two soundfonts can be played at different pitches) and by the program.
+    `phase` (0..1, so two soundfonts can be played at different pitches) and by the program;
+    hold durations cycle through `holds`.
     """
     notes = []
     for fam in FAMILIES:
@@ -95,8 +121,20 @@ def plan_notes(programs_per_family: int, notes_per_program: int, phase: float) -
             for i in range(notes_per_program):
                 note = fam.low + round(span * (i + shift) / notes_per_program)
                 velocity = VELOCITIES[(program + i) % len(VELOCITIES)]
-                notes.append(Note(fam, program, note, velocity))
+                hold = holds[(offset + i) % len(holds)]
+                notes.append(Note(fam, program, note, velocity, hold))
     return notes
+
+
+def plan_drums(kits: tuple[int, ...], velocities: tuple[int, ...]) -> list[Note]:
+    """Every DRUM_KINDS key of every kit at every velocity; the Family label is the drum kind."""
+    return [
+        Note(Family(kind, 0, key, key), kit, key, velocity, hold=0.5, bank=DRUM_BANK)
+        for kit in kits
+        for kind, keys in DRUM_KINDS.items()
+        for key in keys
+        for velocity in velocities
+    ]
 
 
 class NoteRenderer:
@@ -109,17 +147,20 @@ class NoteRenderer:
         self.synth = tinysoundfont.Synth(samplerate=sample_rate)
         self.sfid = self.synth.sfload(str(sf2))
 
-    def preset_name(self, program: int) -> str | None:
-        return self.synth.sfpreset_name(self.sfid, 0, program)
+    def preset_name(self, program: int, bank: int = 0) -> str | None:
+        return self.synth.sfpreset_name(self.sfid, bank, program)
 
     def render(self, note: Note) -> np.ndarray | None:
-        """(CLIP_S * sample_rate,) float32 mono, peak-normalised; None when the preset is silent."""
+        """((hold + RELEASE_S) * sample_rate,) float32 mono, peak-normalised; None when silent
+        (or when the soundfont has no such preset)."""
         synth, sr = self.synth, self.sample_rate
-        synth.program_select(0, self.sfid, 0, note.program)
+        if self.preset_name(note.program, note.bank) is None:
+            return None
+        synth.program_select(0, self.sfid, note.bank, note.program, is_drums=note.bank == DRUM_BANK)
         synth.noteon(0, note.note, note.velocity)
-        held = self._generate(round(HOLD_S * sr))
+        held = self._generate(round(note.hold * sr))
         synth.noteoff(0, note.note)
-        tail = self._generate(round((CLIP_S - HOLD_S) * sr))
+        tail = self._generate(round(RELEASE_S * sr))
         # silence whatever still rings so that the next note starts from a quiet synth
         synth.sounds_off()
         self._generate(sr // 10)

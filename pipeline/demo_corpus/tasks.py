@@ -78,11 +78,39 @@ def instrument_family_task(
     train_pool: list[tuple[Clip, str]], test_pool: list[tuple[Clip, str]], valid_fraction: float = 0.2
 ) -> Task:
     """FluidR3 renders -> train + valid (valid_fraction of each family); TimGM6mb renders -> test."""
-    task = Task(
+    return cross_soundfont_task(
         "instrument_family",
         "General MIDI instrument family of a single rendered note; "
         "train/valid on FluidR3_GM renders, test on TimGM6mb renders (a soundfont never heard in training)",
+        train_pool,
+        test_pool,
+        valid_fraction,
     )
+
+
+def percussion_task(
+    train_pool: list[tuple[Clip, str]], test_pool: list[tuple[Clip, str]], valid_fraction: float = 0.2
+) -> Task:
+    """The kind of drum (kick, snare, tom, ride...) of one GM percussion hit, across soundfonts."""
+    return cross_soundfont_task(
+        "percussion",
+        "kind of drum sound of a single General MIDI percussion hit (8 kits, 2 velocities); "
+        "train/valid on FluidR3_GM kits, test on TimGM6mb kits (a soundfont never heard in training)",
+        train_pool,
+        test_pool,
+        valid_fraction,
+    )
+
+
+def cross_soundfont_task(
+    name: str,
+    description: str,
+    train_pool: list[tuple[Clip, str]],
+    test_pool: list[tuple[Clip, str]],
+    valid_fraction: float,
+) -> Task:
+    """train_pool -> train + valid (valid_fraction of each label, hash order); test_pool -> test."""
+    task = Task(name, description)
     by_label: dict[str, list[Clip]] = defaultdict(list)
     for clip, label in train_pool:
         by_label[label].append(clip)
@@ -91,6 +119,39 @@ def instrument_family_task(
         n_valid = max(1, round(valid_fraction * len(ordered)))
         task.rows += [(c, label, "valid" if i < n_valid else "train") for i, c in enumerate(ordered)]
     task.rows += [(clip, label, "test") for clip, label in test_pool]
+    return _sorted(task)
+
+
+# game music: per game, whole tracks go to test / valid / train, in sha256-of-name order
+GAME_TRACKS = {"test": 5, "valid": 1, "train": 5}
+GAME_MIN_TRACKS = 12  # a game with fewer music tracks is left out of the task (its audio is distilled)
+GAME_HELD_OUT_WINDOWS = 18  # a test/valid track gives at most this many windows, nothing else of it is kept
+GAME_TRAIN_WINDOWS = 12  # a train track lends this many windows; its other windows are distilled
+
+
+def game_track_splits(tracks: dict[str, list[str]], seed: int = SEED) -> dict[tuple[str, str], str]:
+    """{game: track names} -> {(game, track): split} for the tracks the game-music task uses."""
+    out: dict[tuple[str, str], str] = {}
+    for game in sorted(tracks):
+        if len(tracks[game]) < GAME_MIN_TRACKS:
+            continue
+        ordered = sorted(
+            tracks[game], key=lambda t: hashlib.sha256(f"{seed}:{game}:{t}".encode()).hexdigest()
+        )
+        splits = [split for split, n in GAME_TRACKS.items() for _ in range(n)]
+        out.update({(game, track): split for track, split in zip(ordered, splits, strict=False)})
+    return out
+
+
+def game_music_task(pool: list[tuple[Clip, str, str]]) -> Task:
+    """pool: (clip, game, split): which game a 10 s window of music comes from, split by track."""
+    task = Task(
+        "game_music",
+        "which game a 10 s window of its music comes from; split by track (per game "
+        + ", ".join(f"{n} {s}" for s, n in GAME_TRACKS.items())
+        + f" tracks; games with at least {GAME_MIN_TRACKS} tracks), never by window",
+    )
+    task.rows = [(clip, game, split) for clip, game, split in pool]
     return _sorted(task)
 
 

@@ -22,11 +22,16 @@ from pipeline.cli import main
 from pipeline.demo_corpus import (
     DemoCorpus,
     DemoCorpusError,
+    build,
     build_demo_corpus,
     debian,
     gsm,
+    large,
+    midi,
+    packages,
     recordings,
     soundfont,
+    tasks,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,3 +252,130 @@ def test_gsm_rejects_bytes_that_are_not_gsm_frames():
         gsm.to_wav49(bytes(33 * 4))
     with pytest.raises(ValueError, match="no GSM 06.10 frame"):
         gsm.to_wav49(b"")
+
+
+# ---- the large corpus: its sources, and a reduced large build (same code paths, a few files)
+
+RESERVED = {  # the issue's list: packages kept for an independent evaluation
+    "hydrogen-drumkits",
+    "hydrogen-drumkits-effects",
+    "musescore-general-soundfont",
+    "musescore-general-soundfont-small",
+    "csound-soundfont",
+    "hedgewars-data",
+    "tuxpaint-stamps-default",
+    "klettres-data",
+}
+TINY_SOURCES = ("frozenbubble", "etr")  # small packages with both music tracks and effects
+
+
+def test_large_corpus_never_reads_a_reserved_package(tmp_path):
+    assert packages.FORBIDDEN_PACKAGES == RESERVED
+    read = set(large.source_packages()) | {v.package for v in recordings.VOICES}
+    read |= {"fluid-soundfont-gm", recordings.SONIC_PI_PACKAGE}
+    assert len(read) >= 8 + 9 and not read & RESERVED
+    assert len({s.name for s in packages.SOURCES}) == len(packages.SOURCES)
+    with pytest.raises(DemoCorpusError, match="reserved for independent evaluation"):
+        build._fetch_all(
+            tmp_path, False, DemoCorpus(str(tmp_path), "x", True, 0, 0.0), False, ["hedgewars-data"]
+        )
+
+
+def test_package_files_become_windows_of_at_most_ten_seconds(tmp_path):
+    root, sr = tmp_path / "pkg", 16_000
+    (root / "snd/music").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    track = (0.1 * rng.standard_normal(int(72.5 * sr))).astype(np.float32)
+    track[int(40 * sr) : int(50 * sr)] = 0.0  # a silent window: skipped, not written
+    sf.write(str(root / "snd/music/song.wav"), track, sr, subtype="FLOAT")
+    for suffix in ("ogg", "wav"):  # one name, two formats: both kept, told apart
+        sf.write(str(root / f"snd/hit.{suffix}"), track[: sr // 4], sr)
+    source = packages.PackageSource("t", "t-data", "MIT", ("snd",), 1.0, "test")
+    files, bad = packages.audio_files(root, source)
+    assert [f.stem for f in files] == ["snd_hit_ogg", "snd_hit_wav", "snd_music_song"] and not bad
+    song = files[2]
+    assert song.is_track and song.windows == 7  # 72.5 s: seven whole windows, the tail dropped
+    reader = packages.TrackReader()
+    clips = [reader.window(song, i)() for i in range(song.windows)]
+    assert clips[4] is None
+    audio, rate = clips[6]
+    assert rate == sr and np.array_equal(audio, track[60 * sr : 70 * sr])
+    hit, _ = reader.window(files[1], 0)()
+    assert hit.shape == (sr,)  # 0.25 s, padded to MIN_S
+    capped = packages.PackageSource("t", "t-data", "MIT", ("snd",), 30 / 3600, "test")
+    assert [f.stem for f in packages.audio_files(root, capped)[0]] == ["snd_hit_ogg", "snd_hit_wav"]
+    missing = packages.PackageSource("t", "t-data", "MIT", ("nowhere",), 1.0, "test")
+    with pytest.raises(FileNotFoundError, match="no folder nowhere"):
+        packages.audio_files(root, missing)
+
+
+@pytest.fixture
+def tiny_large(monkeypatch):
+    """The large size cut down to two small packages, two songs, two kits: same code paths."""
+    cache = debian.default_cache_dir()
+    needed = [s.package for s in packages.SOURCES if s.name in TINY_SOURCES] + [midi.OPENMSX_PACKAGE]
+    needed += ["fluid-soundfont-gm"]
+    if missing := [n for n in needed if debian.cached_package(n, cache) is None]:
+        pytest.skip(f"not in the package cache {cache} (run `ssondo demo-data --size large` once): {missing}")
+    spec = build.CorpusSize("tiny", 2, 1, 2, 1, 2, 0, (0.5, 1.0), (100,), True, tasks.SPLITS)
+    monkeypatch.setitem(build.SIZES, "tiny", spec)
+    monkeypatch.setattr(packages, "SOURCES", tuple(s for s in packages.SOURCES if s.name in TINY_SOURCES))
+    monkeypatch.setattr(soundfont, "DRUM_KITS", (0, 25))
+    songs = midi.songs
+    monkeypatch.setattr(midi, "songs", lambda root: songs(root)[:2])
+    monkeypatch.setattr(tasks, "GAME_MIN_TRACKS", 3)
+    monkeypatch.setattr(tasks, "GAME_TRACKS", {"test": 1, "valid": 1, "train": 1})
+    monkeypatch.setattr(large, "source_packages", lambda: needed[:-1])
+    return cache
+
+
+@pytest.mark.slow
+def test_reduced_large_build_is_identical_twice_and_keeps_task_clips_out(tiny_large, tmp_path):
+    first = build_demo_corpus(tmp_path / "a", size="tiny", progress=False, download=False)
+    build_demo_corpus(tmp_path / "b", size="tiny", progress=False, download=False)
+    problems = [p for p in first.problems if "asterisk" not in p and "sonic-pi" not in p]
+    assert not problems, problems
+    assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
+    mdir = tmp_path / "a" / "manifests" / "demo"
+    every = read_csv(mdir / "all.csv")
+    for row in every:  # at most 10 s, mono 16-bit
+        info = sf.info(str(mdir / row["path"]))
+        assert info.channels == 1 and info.subtype == "PCM_16" and info.duration <= packages.CLIP_S + 1e-3
+    distill = {r["key"] for r in read_csv(mdir / "distill.csv")}
+    for task in ("percussion", "game_music", "instrument_family"):
+        rows = read_csv(mdir / f"{task}.csv")
+        assert rows and not {r["key"] for r in rows} & distill, task  # no task clip, of any split
+    perc = read_csv(mdir / "percussion.csv")
+    assert {r["path"].split("/")[4] for r in perc if r["split"] == "test"} == {"timgm6mb"}
+    assert {r["path"].split("/")[4] for r in perc if r["split"] != "test"} == {"fluidr3"}
+    # game music is split by track: every window of a track in one split, held-out tracks nowhere else
+    track_of = {r["key"]: r["key"].rsplit("-w", 1)[0] for r in every if "-w" in r["key"]}
+    music = read_csv(mdir / "game_music.csv")
+    split_of: dict[str, set[str]] = {}
+    for r in music:
+        split_of.setdefault(track_of[r["key"]], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values()) and {"frozenbubble", "etr"} == {
+        r["labels"] for r in music
+    }
+    held_out = {t for t, s in split_of.items() if s != {"train"}}
+    assert not [k for k in distill if track_of.get(k) in held_out]
+    readme = (tmp_path / "a" / "README.md").read_text()
+    for pkg in first.by_source:
+        assert f"| {pkg} | {first.by_source[pkg][0]} |" in readme, pkg  # clips and hours per package
+    assert "openttd-openmsx" in readme and "GPL-2.0 (OpenMSX" in readme
+
+
+@pytest.mark.slow
+def test_a_source_that_cannot_be_had_is_named_and_the_rest_is_built(tiny_large, tmp_path):
+    cache = tmp_path / "cache" / "debian"
+    cache.mkdir(parents=True)
+    for name in large.source_packages() + ["fluid-soundfont-gm"]:
+        if name != "extremetuxracer-data":
+            (cache / name).symlink_to(debian.cached_package(name, tiny_large).root)
+    corpus = build_demo_corpus(
+        tmp_path / "out", size="tiny", cache_dir=tmp_path / "cache", progress=False, download=False
+    )
+    assert not corpus.complete
+    assert any(p.startswith("Debian package extremetuxracer-data unavailable") for p in corpus.problems)
+    assert "frozen-bubble-data" in corpus.by_source and "extremetuxracer-data" not in corpus.by_source
+    assert "extremetuxracer-data unavailable" in (tmp_path / "out" / "README.md").read_text()
