@@ -10,10 +10,16 @@ The scheme (equivalent to sampling with replacement by the manifest weights, min
    repeated more than needed), the counts sum exactly to ``n_samples``, and every cluster gets
    its target share up to rounding;
 2. a seeded permutation of the shards that hold any sampled clip (shard order changes each epoch);
-3. the epoch's read sequence (shards in that order, clips in tar order, repeats adjacent) is cut
-   into contiguous pieces, one per reader, each exactly ``batches * batch_size`` samples long,
-   so every rank runs the same number of steps (a shard may be shared by two neighbouring readers);
-4. each reader's sequence is shuffled in consecutive windows of ``shuffle_buffer`` samples (a
+3. the epoch's read sequence: shards in that order, clips in tar order, and each clip's repeats
+   spread over the epoch in passes of about one shuffle window (copy k of a clip emitted c times
+   in the pass at fraction (k + u) / c of the epoch, u where the clip sits in the sequence), each
+   pass reading its shards in order. A clip's copies are then 1/c of the epoch apart, in every
+   reader's part, as under i.i.d. weighted sampling on average (read back to back, its copies
+   shared one reader and one shuffle window, and so several of them one batch);
+4. that sequence is cut into contiguous pieces, one per reader, each exactly
+   ``batches * batch_size`` samples long, so every rank runs the same number of steps (a shard
+   may be shared by two neighbouring readers);
+5. each reader's sequence is shuffled in consecutive windows of ``shuffle_buffer`` samples (a
    block shuffle instead of webdataset's reservoir, so that the position inside an epoch is
    a plain sample count and resuming mid-epoch needs no replay).
 """
@@ -178,10 +184,18 @@ def reader_batches(steps: int, workers: int) -> list[int]:
 
 
 def plan_epoch(
-    table: SamplingTable, *, seed: int, epoch: int, steps: int, batch_size: int, world_size: int, workers: int
+    table: SamplingTable,
+    *,
+    seed: int,
+    epoch: int,
+    steps: int,
+    batch_size: int,
+    world_size: int,
+    workers: int,
+    shuffle_buffer: int,
 ) -> EpochPlan:
     """The whole epoch for every rank and worker. ``batch_size`` is per rank; the epoch emits
-    ``steps * batch_size * world_size`` samples."""
+    ``steps * batch_size * world_size`` samples; ``shuffle_buffer`` sizes the passes of step 4."""
     if steps < 1:
         raise ValueError(f"an epoch needs at least one step, got {steps}")
     n_readers = world_size * workers
@@ -202,7 +216,8 @@ def plan_epoch(
     seq = live[np.lexsort((table.rows[live], rank_of_shard[table.shards[live]]))]
     per_worker = reader_batches(steps, workers)
     quotas = [per_worker[w] * batch_size for _ in range(world_size) for w in range(workers)]
-    readers = _cut(table, seq, counts[seq], quotas)
+    passes = -(-n_samples // shuffle_buffer)  # of about one shuffle window each
+    readers = _cut(table, *_spread_repeats(table, seq, counts[seq], rank_of_shard, passes), quotas)
     return EpochPlan(epoch, counts, shard_order, readers, per_worker * world_size, steps, batch_size)
 
 
@@ -222,13 +237,37 @@ def _cut(
         c = np.minimum(ends[i0:i1], hi) - np.maximum(starts[i0:i1], lo)
         segments: list[Segment] = []
         if len(pos):
-            shards = table.shards[pos]
-            breaks = np.flatnonzero(np.diff(shards)) + 1
+            shards, rows = table.shards[pos], table.rows[pos]
+            breaks = np.flatnonzero((np.diff(shards) != 0) | (np.diff(rows) <= 0)) + 1  # new shard or pass
             for p, k in zip(np.split(pos, breaks), np.split(c, breaks), strict=True):
                 segments.append(Segment(int(table.shards[p[0]]), p, k))
         readers.append(segments)
         lo = hi
     return readers
+
+
+def _spread_repeats(
+    table: SamplingTable, seq: np.ndarray, seq_counts: np.ndarray, rank_of_shard: np.ndarray, passes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The read sequence with each clip's repeats spread over the epoch (module docstring, step 3).
+
+    Copy k of a clip emitted c times, starting at fraction u of the one-pass sequence, goes to
+    pass floor((k + u) / c * passes): the copies are 1/c of the epoch apart, and a clip emitted
+    once stays where it was (clips of one shard stay together, so reads stay few). Each pass reads
+    its shards in epoch order, clips in tar order. Returns (positions, counts), counts > 0, with
+    the same position several times when its copies are in several passes."""
+    total = int(seq_counts.sum())
+    if passes <= 1 or seq_counts.max() <= 1:
+        return seq, seq_counts
+    u = (np.cumsum(seq_counts) - seq_counts) / total  # (n,) where each clip starts
+    item = np.repeat(np.arange(len(seq)), seq_counts)  # (total,) the clip of each copy
+    copy = np.arange(total) - np.repeat(np.cumsum(seq_counts) - seq_counts, seq_counts)  # k
+    which = np.minimum(((copy + u[item]) / seq_counts[item] * passes).astype(np.int64), passes - 1)
+    keys, copies = np.unique(which * len(seq) + item, return_counts=True)  # by pass, then clip
+    pass_of, item_of = keys // len(seq), keys % len(seq)
+    pos = seq[item_of]
+    order = np.lexsort((table.rows[pos], rank_of_shard[table.shards[pos]], pass_of))
+    return pos[order], copies[order]
 
 
 def expand(segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:

@@ -100,6 +100,7 @@ class BalancedStream(IterableDataset):
                     batch_size=self.cfg.batch_size,
                     world_size=self.cfg.world_size,
                     workers=self.cfg.workers,
+                    shuffle_buffer=self.cfg.shuffle_buffer,
                 )
             }
         return self._plans[epoch]
