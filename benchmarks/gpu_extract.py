@@ -37,6 +37,7 @@ from ssondo_cache.extract import extract
 from ssondo_cache.manifests import clips_table, read_clips, table_meta, write_table
 from ssondo_cache.pack import pack
 from ssondo_cache.teachers import build_teacher
+from ssondo_cache.teachers.base import compile_teacher
 from ssondo_cache.windows import TemporalSupport
 from ssondo_cache.workspace import Workspace
 
@@ -143,7 +144,7 @@ def main() -> None:
 
     eager = time_forward(teacher, args.batch_size, win, device, args.iters)
     print(f"forward alone, eager bf16:    {eager:10.0f} windows/s = {eager / per_clip:8.0f} clips/s")
-    compiled_teacher = torch.compile(teacher, dynamic=False)
+    compiled_teacher = compile_teacher(teacher)
     compiled = time_forward(compiled_teacher, args.batch_size, win, device, args.iters)
     print(
         f"forward alone, compiled bf16: {compiled:10.0f} windows/s = {compiled / per_clip:8.0f} clips/s "

@@ -37,7 +37,7 @@ from ssondo_cache.manifests import clips_fingerprint, read_clips, table_meta
 from ssondo_cache.provenance import code_version
 from ssondo_cache.store import CacheStore, cache_path, create_or_open
 from ssondo_cache.teachers import build_teacher
-from ssondo_cache.teachers.base import Teacher
+from ssondo_cache.teachers.base import Teacher, compile_teacher
 from ssondo_cache.windows import TemporalSupport, cut_windows
 from ssondo_cache.workspace import Workspace
 
@@ -79,7 +79,7 @@ class WindowEmbedder:
         self.autocast = device.type == "cuda" and not teacher.cpu_only
         # compiled graphs want one input shape: pad every forward to batch_size rows
         self.pad = compile
-        self.forward = torch.compile(teacher, dynamic=False) if compile else teacher
+        self.forward = compile_teacher(teacher) if compile else teacher
 
     @property
     def precision(self) -> str:
@@ -235,10 +235,6 @@ def extract(
         dev = torch.device("cpu")
     if device == "auto":
         log.info("device auto -> %s", dev)
-    if teacher.cpu_only and compile:
-        raise ValueError(
-            f"teacher {teacher_spec!r} does not run in PyTorch (cpu_only): --compile cannot apply"
-        )
 
     ws = Workspace(work)
     clips = read_clips(work)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +41,18 @@ class Teacher(nn.Module):
             "embed_dim": self.embed_dim,
             "chunk_seconds": self.chunk_seconds,
         }
+
+
+def compile_teacher(teacher: Teacher) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The one way a teacher is compiled (extraction, the GPU benchmarks and tests): its whole forward,
+    front-end and chunking included, for static shapes (one graph per input shape, which is why
+    extraction pads every forward to batch_size rows)."""
+    if teacher.cpu_only:
+        raise ValueError(
+            f"teacher {teacher.spec or teacher.name!r} does not run in PyTorch (cpu_only): "
+            "--compile cannot apply"
+        )
+    return torch.compile(teacher, dynamic=False)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

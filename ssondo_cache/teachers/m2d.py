@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ssondo_cache.logmel import build_logmel
 from ssondo_cache.teachers.base import make_teacher_id, state_dict_sha256
-from ssondo_cache.teachers.frontends import M2D_FRONTEND, M2D_FRONTEND_32K, LogMelFrontEnd
+from ssondo_cache.teachers.frontends import M2D_FRONTEND, M2D_FRONTEND_32K
 from ssondo_cache.teachers.vit import ViTConfig
 from ssondo_cache.teachers.vit_teacher import (
     CheckpointError,
@@ -32,7 +33,7 @@ from ssondo_cache.teachers.vit_teacher import (
 NORM_STATS_KEY = "norm_stats"
 DEFAULT_NORM_STATS = (-7.1, 4.2)  # the 2022 models' statistics, used when a checkpoint has none
 BACKBONE_PREFIX = "backbone."
-FRONTENDS = {16000: M2D_FRONTEND, 32000: M2D_FRONTEND_32K}  # the official "16k" and "32k" settings
+M2D_FRONTENDS = {16000: M2D_FRONTEND, 32000: M2D_FRONTEND_32K}  # the official "16k" and "32k" settings
 
 
 def unwrap_m2d_checkpoint(obj: dict) -> dict[str, torch.Tensor]:
@@ -54,15 +55,14 @@ class M2DTeacher(ViTTeacher):
         vit: ViTConfig,
         norm_stats: tuple[float, float] = DEFAULT_NORM_STATS,
         mode: str = "precise",
-        compile: bool = False,
         amp: bool = True,
         sample_rate: int = 16000,
     ) -> None:
-        if sample_rate not in FRONTENDS:
-            raise ValueError(f"M2D runs at {sorted(FRONTENDS)} Hz, not {sample_rate}")
+        if sample_rate not in M2D_FRONTENDS:
+            raise ValueError(f"M2D runs at {sorted(M2D_FRONTENDS)} Hz, not {sample_rate}")
         mean, std = (float(v) for v in norm_stats)
-        frontend = LogMelFrontEnd(dataclasses.replace(FRONTENDS[sample_rate], mean=mean, std=std))
-        super().__init__(frontend, vit, mode=mode, compile=compile, amp=amp)
+        frontend = build_logmel(dataclasses.replace(M2D_FRONTENDS[sample_rate], norm_mean=mean, norm_std=std))
+        super().__init__(frontend, vit, mode=mode, amp=amp)
         self.name = "m2d"
 
     def official_layout(self) -> dict[str, torch.Size]:
@@ -79,7 +79,6 @@ class M2DTeacher(ViTTeacher):
 def build_m2d(
     checkpoint: str | Path | None = None,
     mode: str = "precise",
-    compile: bool = False,
     amp: bool = True,
     random_init: bool = False,
     seed: int = 0,
@@ -116,7 +115,6 @@ def build_m2d(
                 vit,
                 norm_stats or DEFAULT_NORM_STATS,
                 mode=mode,
-                compile=compile,
                 amp=amp,
                 sample_rate=sample_rate,
             ),
@@ -144,9 +142,7 @@ def build_m2d(
     )
     stats = state.get(NORM_STATS_KEY)
     stored = tuple(stats.tolist()) if stats is not None else DEFAULT_NORM_STATS
-    teacher = M2DTeacher(
-        vit, norm_stats or stored, mode=mode, compile=compile, amp=amp, sample_rate=sample_rate
-    )
+    teacher = M2DTeacher(vit, norm_stats or stored, mode=mode, amp=amp, sample_rate=sample_rate)
     load_official_checkpoint(teacher, state, checkpoint)
     override = tuple(float(v) for v in norm_stats) if norm_stats is not None else None
     if override is not None and max(abs(a - b) for a, b in zip(override, stored, strict=True)) < 1e-6:

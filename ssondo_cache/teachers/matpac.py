@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ssondo_cache.logmel import build_logmel
 from ssondo_cache.teachers.base import make_teacher_id, state_dict_sha256
-from ssondo_cache.teachers.frontends import MATPAC_FRONTEND, LogMelFrontEnd
+from ssondo_cache.teachers.frontends import MATPAC_FRONTEND
 from ssondo_cache.teachers.vit import ViTConfig
 from ssondo_cache.teachers.vit_teacher import (
     CheckpointError,
@@ -39,23 +40,21 @@ def to_official_key(key: str) -> str:
 
 
 class MatpacTeacher(ViTTeacher):
-    def __init__(
-        self, vit: ViTConfig, mode: str = "precise", compile: bool = False, amp: bool = True
-    ) -> None:
-        super().__init__(LogMelFrontEnd(MATPAC_FRONTEND), vit, mode=mode, compile=compile, amp=amp)
+    def __init__(self, vit: ViTConfig, mode: str = "precise", amp: bool = True) -> None:
+        super().__init__(build_logmel(MATPAC_FRONTEND), vit, mode=mode, amp=amp)
         self.name = "matpac"
 
     def official_layout(self) -> dict[str, torch.Size]:
         """{official key: shape} this model expects, front-end buffers included."""
         layout = {to_official_key(k): v.shape for k, v in self.encoder.state_dict().items()}
         layout[WINDOW_KEY] = self.frontend.window.shape
-        layout[FB_KEY] = self.frontend.mel_fb.shape
+        layout[FB_KEY] = self.frontend.banks.T.shape  # torchaudio keeps (n_fft//2+1, n_mels)
         return layout
 
     def load_official_state_dict(self, state: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
         """Strict: every encoder key present with its shape, nothing else; buffers optional but checked."""
         check_state_dict(self.official_layout(), state, optional={WINDOW_KEY, FB_KEY}, what=what)
-        for key, ours in ((WINDOW_KEY, self.frontend.window), (FB_KEY, self.frontend.mel_fb)):
+        for key, ours in ((WINDOW_KEY, self.frontend.window), (FB_KEY, self.frontend.banks.T)):
             if key in state and not torch.allclose(state[key].float(), ours.cpu(), rtol=1e-4, atol=1e-6):
                 raise CheckpointError(
                     f"{what}: {key} differs from the MATPAC front-end (another mel configuration?)"
@@ -67,7 +66,6 @@ class MatpacTeacher(ViTTeacher):
 def build_matpac(
     checkpoint: str | Path | None = None,
     mode: str = "precise",
-    compile: bool = False,
     amp: bool = True,
     random_init: bool = False,
     seed: int = 0,
@@ -89,7 +87,7 @@ def build_matpac(
         vit = random_vit_config(
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, input_size=input_size
         )
-        teacher = seeded_random_teacher(lambda: MatpacTeacher(vit, mode=mode, compile=compile, amp=amp), seed)
+        teacher = seeded_random_teacher(lambda: MatpacTeacher(vit, mode=mode, amp=amp), seed)
         digest = output_digest(state_dict_sha256(teacher), mode=None if mode == "precise" else mode)
         teacher.teacher_id = make_teacher_id("matpac-random", digest)
         return teacher
@@ -104,7 +102,7 @@ def build_matpac(
         mlp_ratio=mlp_ratio,
         input_size=input_size,
     )
-    teacher = MatpacTeacher(vit, mode=mode, compile=compile, amp=amp)
+    teacher = MatpacTeacher(vit, mode=mode, amp=amp)
     load_official_checkpoint(teacher, state, checkpoint)
     digest = output_digest(teacher.checkpoint_sha256, mode=None if mode == "precise" else mode)
     teacher.teacher_id = make_teacher_id("matpac", digest)

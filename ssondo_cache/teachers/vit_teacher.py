@@ -1,6 +1,6 @@
 """What MATPAC++ and M2D have in common: a log-mel front-end, the shared ViT encoder, chunked
-inference, strict checkpoint loading, and bf16 / compile on CUDA. Subclasses give key names and
-front-end constants."""
+inference, strict checkpoint loading, and bf16 on CUDA (compiling: ``base.compile_teacher``).
+Subclasses give key names and front-end constants."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from ssondo_cache.logmel import LogMel
 from ssondo_cache.provenance import sha256_file
 from ssondo_cache.teachers.base import Teacher
-from ssondo_cache.teachers.frontends import LogMelFrontEnd
 from ssondo_cache.teachers.vit import ViTConfig, ViTEncoder, encode_chunks
 
 
@@ -160,10 +160,9 @@ class ViTTeacher(Teacher):
 
     def __init__(
         self,
-        frontend: LogMelFrontEnd,
+        frontend: LogMel,
         vit: ViTConfig,
         mode: str = "precise",
-        compile: bool = False,
         amp: bool = True,
     ) -> None:
         super().__init__()
@@ -177,9 +176,6 @@ class ViTTeacher(Teacher):
         self.encoder = ViTEncoder(vit)
         self.mode = mode
         self.amp = amp
-        self.compiled = compile
-        # kept out of the module tree (no second copy of the weights in state_dict)
-        self.__dict__["_encoder_fn"] = torch.compile(self.encoder) if compile else self.encoder
         self.sample_rate = frontend.cfg.sample_rate
         self.embed_dim = vit.grid[0] * vit.embed_dim
         self.chunk_seconds = vit.input_size[1] * frontend.cfg.hop_length / frontend.cfg.sample_rate
@@ -195,7 +191,7 @@ class ViTTeacher(Teacher):
         """Normalised log-mel (B, F, frames) -> (B, L, steps, grid_f * D), steps of the padded input."""
         use_amp = self.amp and x.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out = encode_chunks(self._encoder_fn, x, mode or self.mode, all_layers)
+            out = encode_chunks(self.encoder, x, mode or self.mode, all_layers)
         return out.float()
 
     def _valid_steps(self, frames: int) -> int:
@@ -207,7 +203,7 @@ class ViTTeacher(Teacher):
         n_fft = self.frontend.cfg.n_fft
         if audio.shape[-1] < n_fft:  # shorter than one STFT window: zero-pad to one frame
             audio = torch.nn.functional.pad(audio, (0, n_fft - audio.shape[-1]))
-        return self.frontend(audio)
+        return self.frontend.normalize(self.frontend.log_mel(audio))
 
     def forward_layers(self, audio: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, depth, steps, D)
         x = self._prepare(audio)

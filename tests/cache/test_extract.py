@@ -19,12 +19,13 @@ from click.testing import CliRunner
 
 from pipeline.cli import main as cli
 from ssondo_cache.devices import DeviceError
-from ssondo_cache.extract import _refuse_many_full_lengths, extract
+from ssondo_cache.extract import WindowEmbedder, _refuse_many_full_lengths, extract
 from ssondo_cache.extract_items import make_plan, plan_items
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import iter_shard
 from ssondo_cache.store import CacheMismatchError, open_cache
+from ssondo_cache.teachers import build_teacher
 from ssondo_cache.windows import TemporalSupport, cut_windows
 from ssondo_cache.workspace import Workspace
 from tests.cache.conftest import write_audio
@@ -335,6 +336,18 @@ def test_compile_is_part_of_the_cache_identity(corpus: Path, reference, tmp_path
             work, TINY, ts=1, device="cpu", batch_size=8, compile=True, workers=0, progress=False,
             teacher_options=OPTS,
         )  # fmt: skip
+
+
+def test_teachers_are_compiled_one_way(monkeypatch):
+    """compile_teacher is the one compile path (whole forward, static shapes): extraction uses it,
+    and the ViT teachers no longer compile themselves."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append((module, kw)) or module)
+    teacher = build_teacher(TINY, **OPTS)
+    assert WindowEmbedder(teacher, torch.device("cpu"), 4, compile=True).forward is teacher
+    assert calls == [(teacher, {"dynamic": False})]
+    with pytest.raises(TypeError, match="compile"):
+        build_teacher("matpac", random_init=True, compile=True, embed_dim=64, depth=1, num_heads=1)
 
 
 def test_full_clip_compile_is_refused_past_the_recompile_limit(corpus: Path, tmp_path: Path, monkeypatch):

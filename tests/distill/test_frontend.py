@@ -11,6 +11,7 @@ import torch
 
 from ssondo_cache.typed_config import ConfigError
 from ssondo_distill.frontend import FRONTENDS, LogMelConfig, StudentFrontEnd
+from tests.cache.numpy_logmel import numpy_log_mel, slaney_banks
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "official" / "efficientat_tiny_official.pt"
 SR = 32000
@@ -26,37 +27,11 @@ def _test_audio(n: int, seed: int = 0) -> np.ndarray:
     )
 
 
-def _slaney_hz_to_mel(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f, dtype=np.float64)
-    lin = f / (200.0 / 3)
-    log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(f >= 1000.0, log, lin)
-
-
-def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
-    lin = m * (200.0 / 3)
-    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
-    return np.where(m >= 15.0, log, lin)
-
-
 def _numpy_logmel(
     audio: np.ndarray, n_fft=1024, hop=512, n_mels=128, fmin=50.0, fmax=16000.0, offset=1e-3
 ) -> np.ndarray:
-    """Frames without centering, periodic Hann, |rfft|^2, triangular Slaney mel filters with
-    area normalisation 2 / (f_{m+1} - f_{m-1}), log(x + offset). Returns (n_mels, T)."""
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
-    n_frames = 1 + (len(audio) - n_fft) // hop
-    frames = np.stack([audio[i * hop : i * hop + n_fft] for i in range(n_frames)]).astype(np.float64)
-    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # (T, n_fft/2+1)
-    freqs = np.linspace(0, SR / 2, n_fft // 2 + 1)
-    edges = _slaney_mel_to_hz(np.linspace(_slaney_hz_to_mel(fmin), _slaney_hz_to_mel(fmax), n_mels + 2))
-    banks = np.zeros((n_mels, len(freqs)))
-    for m in range(n_mels):
-        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
-        up = (freqs - lo) / (mid - lo)
-        down = (hi - freqs) / (hi - mid)
-        banks[m] = np.maximum(0, np.minimum(up, down)) * 2.0 / (hi - lo)
-    return np.log(banks @ power.T + offset)
+    """The KD log-mel from the formulas: no centring, periodic Hann, Slaney banks. (n_mels, T)."""
+    return numpy_log_mel(audio, n_fft, hop, slaney_banks(n_fft, SR, n_mels, fmin, fmax), False, offset)
 
 
 def test_kd_logmel_matches_an_independent_computation() -> None:
@@ -121,3 +96,17 @@ def test_frontend_interface() -> None:
         fe(torch.zeros(1, 100))
     with pytest.raises(ValueError, match=r"\(B, samples\)"):
         fe(torch.zeros(100))
+
+
+def test_students_and_teachers_share_one_front_end() -> None:
+    """One config class and one implementation (ssondo_cache.logmel): a student front-end given a
+    teacher's settings computes exactly that teacher's normalised log-mel."""
+    from ssondo_cache.logmel import LogMelConfig as SharedConfig
+    from ssondo_cache.teachers import build_teacher
+
+    teacher = build_teacher("m2d", random_init=True, embed_dim=64, depth=1, num_heads=1)
+    assert LogMelConfig is SharedConfig and isinstance(teacher.frontend.cfg, SharedConfig)
+    student = StudentFrontEnd.from_config(teacher.frontend.cfg)
+    audio = torch.from_numpy(np.stack([_test_audio(16000), _test_audio(16000, seed=1)]))
+    assert torch.equal(student(audio), teacher.frontend(audio))
+    assert student(audio).shape == (2, 1, 80, 1 + 16000 // 160)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from ssondo_cache.devices import DeviceError
 from ssondo_cache.teachers import TEACHERS, build_teacher
 from ssondo_cache.teachers.base import Teacher
 from tests.cache.teachers import hear_tiny
@@ -103,7 +104,7 @@ def test_missing_checkpoint_and_missing_cuda_are_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_teacher(TINY, checkpoint=tmp_path / "nope.pt")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA"):
+        with pytest.raises(DeviceError, match="no CUDA"):
             build_teacher(TINY, device="cuda")
     assert build_teacher(TINY, device="auto").sample_rate == 16000
 
