@@ -65,6 +65,8 @@ class GridConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     name: str | None = None  # for job names and titles; default: the GRID file's stem
+    # a published ranking per axis, best first: the report says whether the grid reproduces it
+    expect: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Grid:
     config: GridConfig
     cells: list[Cell]
     axes: dict[str, list[Any]]  # every varied axis (zip members too) -> its values, in grid order
+    overrides: dict[str, Any] = field(default_factory=dict)  # `--set KEY=VALUE` over the file
 
     @property
     def name(self) -> str:
@@ -216,12 +219,19 @@ def expand(config: GridConfig, grid_file: Path) -> list[Cell]:
     return cells
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and expand GRID.yaml; every refusal is one line naming the file."""
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
+    """Read and expand GRID.yaml, with ``overrides`` (dotted keys: ``workspace``, ``base.lr``,
+    ``eval.tasks``) over the file; every refusal is one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no grid file {path}")
-    config = from_dict(GridConfig, _read_yaml(path), where=str(path))
+    data = _read_yaml(path)
+    overrides = dict(overrides or {})
+    if isinstance(data.get("base"), str) and any(k.startswith("base.") for k in overrides):
+        data["base"] = {"config": data["base"]}
+    for k, v in overrides.items():
+        _set(data, k, v)
+    config = from_dict(GridConfig, data, where=str(path))
     if not config.eval.tasks:
         raise ConfigError(f"{path}: eval.tasks is empty: name the tasks as for `ssondo eval --task`")
     if config.eval.baseline not in ("logmel", "none"):
@@ -230,7 +240,10 @@ def load_grid(path: str | Path) -> Grid:
     axes: dict[str, list[Any]] = {}
     for group in [{n: v} for n, v in config.axes.items()] + list(config.zip):
         axes.update(group)
-    return Grid(path.resolve(), config, cells, axes)
+    unknown = sorted(set(config.expect) - set(axes))
+    if unknown:
+        raise ConfigError(f"{path}: expect names {unknown}, which are not axes")
+    return Grid(path.resolve(), config, cells, axes, overrides)
 
 
 def eval_key(grid: Grid) -> str:

@@ -10,6 +10,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import shlex
 import signal
 import socket
 import time
@@ -218,6 +219,9 @@ def run_units(
             else:
                 status = units.run_cell(grid, by_name[name], out, progress)
         result.ran.append(name)
+        left = len(names) - len(result.ran) - len(result.skipped) - len(result.busy)
+        log.info("ablate: %s %s in %.0f s; at most %d more in this launch (about %.0f min at this pace)",
+                 name, status["status"], status["seconds"], left, left * status["seconds"] / 60)  # fmt: skip
         if status["status"] != "done":
             result.failed.append(name)
             log.warning("ablate: %s failed: %s", name, status["error"])
@@ -234,8 +238,8 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _job(source: str, out: str, names: list[str], since: float, threads: int, gpu: str | None,
-         progress: bool, stale_after: float, queue: Any) -> None:  # fmt: skip
+def _job(source: str, overrides: dict[str, Any], out: str, names: list[str], since: float, threads: int,
+         gpu: str | None, progress: bool, stale_after: float, queue: Any) -> None:  # fmt: skip
     _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if gpu is not None:
@@ -243,7 +247,7 @@ def _job(source: str, out: str, names: list[str], since: float, threads: int, gp
     import torch
 
     torch.set_num_threads(threads)
-    res = run_units(load_grid(source), Path(out), names, since, progress, stale_after)
+    res = run_units(load_grid(source, overrides), Path(out), names, since, progress, stale_after)
     queue.put({k: getattr(res, k) for k in ("ran", "skipped", "busy", "failed")})
 
 
@@ -269,6 +273,7 @@ def run_jobs(grid: Grid, out: Path, names: list[str], since: float, jobs: int, t
             target=_job,
             args=(
                 str(grid.source),
+                grid.overrides,
                 str(out),
                 names,
                 since,
@@ -318,13 +323,15 @@ def run_grid(
     report: bool = True,
     progress: bool = True,
     stale_after: float = STALE_AFTER,
+    overrides: dict[str, Any] | None = None,
 ) -> LaunchResult:
-    """Everything `ssondo ablate GRID --out DIR` does (see the module doc).
+    """Everything `ssondo ablate GRID --out DIR` does (see the module doc); ``overrides``: dotted
+    GRID keys over the file (`--set`).
 
     ``static``: one share of a SLURM array or torchrun (``rank`` of ``world_size``) runs only its
     cells; otherwise every unit not finished and not claimed is run."""
     since = time.time()
-    grid = load_grid(grid_file)
+    grid = load_grid(grid_file, overrides)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_plan(grid, out, force)
@@ -347,9 +354,14 @@ def run_grid(
     return result
 
 
-def sbatch_script(grid_file: str | Path, out: str | Path, options: dict[str, Any] | None = None) -> str:
+def sbatch_script(
+    grid_file: str | Path,
+    out: str | Path,
+    options: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> str:
     """The sbatch script running one cell per array task, with the array sized to the grid."""
-    grid = load_grid(grid_file)
+    grid = load_grid(grid_file, overrides)
     out = Path(out).resolve()
     n = len(grid.cells)
     settings = {
@@ -360,13 +372,14 @@ def sbatch_script(grid_file: str | Path, out: str | Path, options: dict[str, Any
         "output": f"{out}/slurm/%A_%a.out",
         **(options or {}),
     }
+    sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in grid.overrides.items())
     lines = ["#!/bin/bash", *[f"#SBATCH --{k}={v}" for k, v in settings.items()]]
     lines += [
         f"# {n} cells of {grid.source}; the reference (teacher + baseline probes) runs in task 0.",
         f"# mkdir -p {out}/slurm && sbatch this.sh; afterwards (or as a dependent job):",
         f"#   ssondo ablate report {out}",
         "set -euo pipefail",
-        f"ssondo ablate {grid.source} --out {out} --array",
+        f"ssondo ablate {grid.source} --out {out} --array{sets}",
         "",
     ]
     return "\n".join(lines)

@@ -166,6 +166,32 @@ def _mark_best(block: list[dict[str, Any]]) -> None:
             b["beyond_ci"] = best["score"] - best["score_ci95"] > b["score"] + b["score_ci95"]
 
 
+def expectation(block: list[dict[str, Any]], expected: list[str]) -> str:
+    """Whether the measured order of ``expected`` values matches it, and which steps of it are
+    beyond the CI (the better value's interval above the next one's)."""
+    by_value = {a["value"]: a for a in block if a["score"] is not None}
+    have = [v for v in expected if v in by_value]
+    measured = sorted(have, key=lambda v: -by_value[v]["score"])
+    steps = []
+    for better, worse in zip(have, have[1:], strict=False):
+        a, b = by_value[better], by_value[worse]
+        if a["score_ci95"] is None or b["score_ci95"] is None:
+            verdict = "no CI"
+        elif a["score"] - a["score_ci95"] > b["score"] + b["score_ci95"]:
+            verdict = "yes, beyond the CI"
+        elif a["score"] > b["score"]:
+            verdict = "in order, within the CI"
+        else:
+            verdict = "no"
+        steps.append(f"{better} > {worse}: {verdict}")
+    missing = [v for v in expected if v not in by_value]
+    return (
+        f"Expected ranking {' > '.join(expected)}: measured {' > '.join(measured) or '–'}; "
+        f"{'reproduced' if measured == have and not missing else 'not reproduced'} "
+        f"({'; '.join(steps) or 'nothing to compare'}{'; not measured: ' + ', '.join(missing) if missing else ''})."
+    )
+
+
 def _pct(m: float | None, h: float | None = None) -> str:
     if m is None:
         return "–"
@@ -209,6 +235,9 @@ def markdown(plan: dict[str, Any], rows: list[dict[str, Any]], settings: list[di
             )
         ranked = sorted((a for a in block if a["score"] is not None), key=lambda a: -a["score"])
         lines += ["", "Ranking: " + " > ".join(a["value"] for a in ranked) + ".", ""]
+        expected = plan["grid_config"].get("expect", {}).get(label)
+        if expected:
+            lines += [expectation(block, [_text(v) for v in expected]), ""]
     names = [n for n in plan["axes"] if n != SEED]
     tasks = list(dict.fromkeys(s["task"] for s in settings))
     if settings:

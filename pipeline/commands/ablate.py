@@ -39,13 +39,16 @@ def ablate() -> None:
 )
 @click.option("--sbatch", "sbatch_options", multiple=True, metavar="KEY=VALUE",
               help="An #SBATCH line for --print-sbatch (repeatable), e.g. --sbatch partition=gpu --sbatch time=8:00:00.")  # fmt: skip
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a GRID key (repeatable; dotted, value read as YAML), e.g. --set workspace=/data/work "
+              "--set 'eval.tasks=[demo:/data/demo]' --set base.epochs=2.")  # fmt: skip
 @click.option(
     "--force", is_flag=True, help="Run a grid whose plan differs from DIR/plan.json (old cells stay on disk)."
 )
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report at the end.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def run(grid: Path, out: Path | None, jobs: int, threads: int | None, array: bool, print_sbatch: bool,
-        sbatch_options: tuple[str, ...], force: bool, no_report: bool, no_progress: bool) -> None:  # fmt: skip
+        sbatch_options: tuple[str, ...], sets: tuple[str, ...], force: bool, no_report: bool, no_progress: bool) -> None:  # fmt: skip
     """Every cell of GRID (crossed axes, zip groups) is one RUN folder DIR/runs/<slug>-<hash>, trained with
     the trainer and probed with the evaluation; DIR/plan.json is written first. Re-running skips finished
     cells, resumes an interrupted one exactly, and retries failed ones; two launches on one DIR split the
@@ -56,8 +59,9 @@ def run(grid: Path, out: Path | None, jobs: int, threads: int | None, array: boo
     if out is None:
         raise click.UsageError("--out DIR is required")
     try:
+        overrides = key_values(sets, "--set")
         if print_sbatch:
-            click.echo(sbatch_script(grid, out, key_values(sbatch_options, "--sbatch")), nl=False)
+            click.echo(sbatch_script(grid, out, key_values(sbatch_options, "--sbatch"), overrides), nl=False)
             return
         info = detect_rank()
         static = array or info.source == "torchrun"
@@ -69,7 +73,7 @@ def run(grid: Path, out: Path | None, jobs: int, threads: int | None, array: boo
         result = run_grid(
             grid, out, jobs=jobs, threads=threads, rank=info.rank if static else 0,
             world_size=info.world_size if static else 1, static=static, force=force,
-            report=not no_report, progress=not no_progress,
+            report=not no_report, progress=not no_progress, overrides=overrides,
         )  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None

@@ -174,7 +174,10 @@ T975_1 = 12.706204736174698  # ... 1 degree of freedom
 
 
 def test_report_tables_match_a_hand_computation(tmp_path):
-    grid = load_grid(write_grid(tmp_path / "g.yaml", axes={"loss": ["cosine", "mse"], "seed": [0, 1, 2]}))
+    grid = load_grid(
+        write_grid(tmp_path / "g.yaml", axes={"loss": ["cosine", "mse"], "seed": [0, 1, 2]},
+                   expect={"loss": ["mse", "cosine"]})
+    )  # fmt: skip
     out = tmp_path / "out"
     write_plan(grid, out)
     key = plan_dict(grid)["eval_key"]
@@ -224,6 +227,7 @@ def test_report_tables_match_a_hand_computation(tmp_path):
     assert settings[("mse", "a")]["n_seeds"] == "2"
     assert "| cosine **(best)** | 3 | 65.0 ± 32.9 | – |" in md
     assert "Ranking: cosine > mse." in md and "FloatingPointError: nan" in md
+    assert "Expected ranking mse > cosine: measured cosine > mse; not reproduced (mse > cosine: no)." in md
     for png in ("score-loss.png", "curves.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import pyarrow.parquet as pq
@@ -243,3 +247,30 @@ def test_print_sbatch_sizes_the_array_to_the_grid(tmp_path):
     assert not (tmp_path / "out").exists()
     res = CliRunner().invoke(main, ["ablate", str(path), "--out", str(tmp_path / "out"), "--array"], env={})
     assert res.exit_code != 0 and "SLURM_ARRAY_TASK_ID" in res.output
+
+
+def test_set_overrides_grid_keys_and_expect_names_axes(tmp_path):
+    path = write_grid(tmp_path / "g.yaml", base="configs/demo-cpu.yaml", axes={"seed": [0, 1]})
+    grid = load_grid(path, {"workspace": "/elsewhere", "base.epochs": 2, "eval.tasks": ["demo:/d"]})
+    assert grid.workspace == Path("/elsewhere") and grid.config.eval.tasks == ["demo:/d"]
+    assert all(c.config["epochs"] == 2 and c.config["student"] == "mn04" for c in grid.cells)
+    with pytest.raises(ConfigError, match="expect names"):
+        load_grid(path, {"expect": {"loss": ["cosine"]}})
+
+
+def test_shipped_grids_expand(tmp_path):
+    shipped = {p.stem: load_grid(p) for p in sorted((REPO / "configs" / "ablate").glob("*.yaml"))}
+    assert {"paper-losses", "paper-sampling", "paper-ts", "demo-losses", "demo-sampling", "demo-ts"} <= set(
+        shipped
+    )
+    assert (
+        len(shipped["paper-losses"].cells) == 15
+        and shipped["paper-losses"].config.expect["loss"][0] == "cosine"
+    )
+    assert len(shipped["paper-sampling"].cells) == 36
+    for name, grid in shipped.items():
+        assert grid.config.eval.tasks
+        want = "mn10" if name.startswith("paper") else "mn04"
+        assert {c.config["student"] for c in grid.cells} >= {want}, name
+        if name.startswith("demo"):
+            assert {c.config["device"] for c in grid.cells} == {"cpu"}
