@@ -241,6 +241,7 @@ def _die_with_parent() -> None:
 def _job(source: str, overrides: dict[str, Any], out: str, names: list[str], since: float, threads: int,
          gpu: str | None, progress: bool, stale_after: float, queue: Any) -> None:  # fmt: skip
     _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format=f"[job {os.getpid()}] %(message)s")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu

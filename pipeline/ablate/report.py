@@ -80,7 +80,8 @@ def cell_rows(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
         state = (
             "pending" if status is None or status.get("eval_key") != plan["eval_key"] else status["status"]
         )
-        base = {"cell": cell["name"], **{k: _text(v) for k, v in cell["axes"].items()}, "status": state}
+        base = {"cell": cell["name"], **{k: _text(v) for k, v in cell["axes"].items()}, "status": state,
+                "code_version": (status or {}).get("code_version", "")}  # fmt: skip
         if state != "done":
             err = status.get("error", "") if state == "failed" else ""
             rows.append({**base, "task": "", "score": None, "gain_retention": None,
@@ -201,10 +202,12 @@ def _pct(m: float | None, h: float | None = None) -> str:
 def markdown(plan: dict[str, Any], rows: list[dict[str, Any]], settings: list[dict[str, Any]],
              axes: list[dict[str, Any]], reference: tuple[dict, dict], why: str | None) -> str:  # fmt: skip
     done = sum(1 for c in {r["cell"]: r for r in rows}.values() if c["status"] == "done")
+    versions = sorted({r["code_version"] for r in rows if r.get("code_version")})
     lines = [
         f"# Ablation {plan['grid']}",
         "",
-        f"{done} of {len(plan['cells'])} cells done; grid `{plan['source']}`, workspace `{plan['workspace']}`.",
+        f"{done} of {len(plan['cells'])} cells done; grid `{plan['source']}`, workspace `{plan['workspace']}`; "
+        f"measured at code version {', '.join(versions) or '–'}.",
         "Scores in %: linear-probe mean over probe seeds, then mean ± 95 % CI half width (t) over training "
         "seeds. Retention in % (gain: (student - log-mel) / (teacher - log-mel); score: student / teacher).",
         "",
@@ -242,12 +245,22 @@ def markdown(plan: dict[str, Any], rows: list[dict[str, Any]], settings: list[di
     tasks = list(dict.fromkeys(s["task"] for s in settings))
     if settings:
         head = [*names, "seeds", *[f"{t} score" for t in tasks], "gain ret. (avg)", "score ret. (avg)"]
-        lines += ["## Every setting", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [
+            "## Every setting (best average score marked)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         keyed = defaultdict(dict)
         for s in settings:
             keyed[tuple(s[n] for n in names)][s["task"]] = s
+        averages = {
+            k: v[AVERAGE]["score"] for k, v in keyed.items() if v.get(AVERAGE, {}).get("score") is not None
+        }
+        best = max(averages, key=averages.get) if averages else None
         for key, per_task in keyed.items():
             avg = per_task.get(AVERAGE, {})
+            key = (*key[:-1], f"{key[-1]} **(best)**") if key == best and key else key
             cells = [
                 _pct(per_task[t]["score"], per_task[t]["score_ci95"]) if t in per_task else "–" for t in tasks
             ]

@@ -226,6 +226,7 @@ def test_report_tables_match_a_hand_computation(tmp_path):
     assert float(settings[("cosine", "a")]["score_ci95"]) == pytest.approx(T975_2 * 0.1 / 3**0.5)
     assert settings[("mse", "a")]["n_seeds"] == "2"
     assert "| cosine **(best)** | 3 | 65.0 ± 32.9 | – |" in md
+    assert "| cosine **(best)** | 3 | 70.0 ± 24.8 |" in md  # the best setting, task a
     assert "Ranking: cosine > mse." in md and "FloatingPointError: nan" in md
     assert "Expected ranking mse > cosine: measured cosine > mse; not reproduced (mse > cosine: no)." in md
     for png in ("score-loss.png", "curves.png"):
@@ -274,3 +275,14 @@ def test_shipped_grids_expand(tmp_path):
         assert {c.config["student"] for c in grid.cells} >= {want}, name
         if name.startswith("demo"):
             assert {c.config["device"] for c in grid.cells} == {"cpu"}
+
+
+def test_array_tasks_and_torchrun_ranks_own_cells_round_robin(tmp_path):
+    from pipeline.ablate.launch import _unit_list
+
+    grid = load_grid(write_grid(tmp_path / "g.yaml"))  # 6 cells
+    names = [c.name for c in grid.cells]
+    shares = [_unit_list(grid, r, 4, static=True) for r in range(4)]
+    assert shares[0] == ["reference", names[0], names[4]] and shares[3] == [names[3]]
+    assert sorted(n for s in shares for n in s) == sorted(["reference", *names])  # each unit in one share
+    assert _unit_list(grid, 0, 1, static=False) == ["reference", *names]
