@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ssondo_cache.typed_config import ConfigError, from_dict, load_config
+from ssondo_distill.losses import LOSSES
 from ssondo_distill.schedule import ScheduleConfig
 
 TARGETS = ("clip", "window")
@@ -51,8 +52,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 5.0  # max gradient norm; null = no clipping
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    mixup_alpha: float = 0.3  # Beta(a, a) mixup of audio and of the loss; 0 = off
-    augment: dict[str, Any] = field(default_factory=dict)  # SpecAugment options; {} = augment defaults
+    mixup_alpha: float = 0.3  # Beta(a, a) mixup of the log-mel and of the loss; 0 = off
+    # SpecAugment options ({} = augment.SpecAugment's defaults); null = no SpecAugment
+    augment: dict[str, Any] | None = field(default_factory=dict)
     # data path
     shuffle_buffer: int = 1000  # samples per shuffle window, per reader
     num_workers: int = 4  # data-loader workers per rank (0 = in the training process)
@@ -103,6 +105,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"TrainConfig: {message}")
+        if self.mixup_alpha > 0 and self.loss in LOSSES and not LOSSES.get(self.loss).mixup_ok:
+            raise ConfigError(
+                f"TrainConfig: mixup (mixup_alpha {self.mixup_alpha}) with the contrastive loss "
+                f"{self.loss!r}: a mixed sample's own target would be a negative; set mixup_alpha: 0"
+            )
 
     def require_paths(self) -> None:
         """`work`, `cache` and `out` have no sensible default: say which one is missing."""

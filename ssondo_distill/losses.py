@@ -30,6 +30,11 @@ def _f32(x: Tensor) -> Tensor:
 class DistillLoss(nn.Module):
     """Base: ``forward(pred (B, D), target (B, D), **extra) -> scalar = per_sample(...).mean()``."""
 
+    # False for the contrastive losses: mixup's second term scores a mixed sample against the
+    # permuted targets, where its own target is one of the negatives (the reference mixes only
+    # the regression-style losses)
+    mixup_ok = True
+
     def per_sample(self, pred: Tensor, target: Tensor, **extra: Any) -> Tensor:  # -> (B,)
         raise NotImplementedError
 
@@ -77,9 +82,11 @@ class L1Loss(DistillLoss):
 
 @LOSSES.register("kl")
 class KLLoss(DistillLoss):
-    """KL(softmax(target / T) || softmax(pred / T)) * T^2 over the embedding dimensions
-    (the embeddings are turned into distributions by a softmax; T^2 keeps gradient scale
-    comparable across temperatures, as in Hinton et al.).
+    """KL(softmax(target / T) || softmax(pred / T)) * T^2 / D: the KL terms averaged over the D
+    embedding dimensions, as the reference does (KLDivLoss(reduction="none") then a mean), not
+    summed (D times larger, which also changes what grad_clip does). The embeddings are turned
+    into distributions by a softmax; T^2 keeps gradient scale comparable across temperatures
+    (Hinton et al.).
 
     pred, target: (B, D) -> per_sample: (B,)
     """
@@ -94,7 +101,7 @@ class KLLoss(DistillLoss):
         t = self.temperature
         log_p_student = F.log_softmax(_f32(pred) / t, dim=-1)
         log_p_teacher = F.log_softmax(_f32(target) / t, dim=-1)
-        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).mean(dim=-1)
         return kl * t * t
 
 
@@ -123,6 +130,8 @@ class CLAPLoss(DistillLoss):
     pred, target: (B, D) -> per_sample: (B,); needs B >= 2.
     """
 
+    mixup_ok = False
+
     def __init__(self, temperature: float = 0.07) -> None:
         super().__init__()
         if temperature <= 0:
@@ -141,6 +150,8 @@ class ClusterContrastiveLoss(DistillLoss):
     pred, target: (B, D); clusters: (B,) int (the sampling manifest's ``cluster``)
     -> per_sample: (B,)
     """
+
+    mixup_ok = False
 
     def __init__(self, temperature: float = 0.07) -> None:
         super().__init__()
@@ -178,6 +189,8 @@ def mixup_loss(
     pred, target: (B, D); perm: (B,) long; lam: (B,). Per-sample tensors in ``extra``
     (e.g. clusters (B,)) follow their targets: they are permuted for the second term.
     """
+    if not loss.mixup_ok:
+        raise ValueError(f"{type(loss).__name__} is contrastive: mixup cannot be used with it")
     b = pred.shape[0]
     if perm.shape != (b,) or lam.shape != (b,):
         raise ValueError(f"perm and lam must be ({b},), got {tuple(perm.shape)} and {tuple(lam.shape)}")

@@ -1,7 +1,7 @@
 """One training step and validation, the per-step machinery `trainer.train` loops over.
 
-One step: audio batch (B, S) -> device -> [resample] -> log-mel (fp32) -> mixup -> SpecAugment
--> student under autocast (bf16 on CUDA, fp32 on CPU) -> loss against the cached targets (mixup
+One step: audio batch (B, S) -> device -> [resample] -> log-mel (fp32) -> SpecAugment -> mixup
+(the reference's order) -> student under autocast (bf16 on CUDA, fp32 on CPU) -> loss against the cached targets (mixup
 mixes the loss, not the targets); backward, clip, Adam and the schedule stay in the loop.
 """
 
@@ -30,7 +30,7 @@ class Parts:
     model: nn.Module  # what the step calls: the student, DDP-wrapped and/or compiled
     frontend: StudentFrontEnd
     loss: nn.Module
-    specaug: SpecAugment
+    specaug: SpecAugment | None  # None: no SpecAugment
     device: torch.device
     autocast_dtype: torch.dtype | None  # None: fp32
     resample_from: int | None  # stream sample rate when it differs from the front-end's
@@ -75,7 +75,7 @@ def build_parts(
         model=model,
         frontend=frontend,
         loss=build_loss(cfg.loss, **cfg.loss_options).to(device),
-        specaug=SpecAugment(**cfg.augment).to(device),
+        specaug=None if cfg.augment is None else SpecAugment(**cfg.augment).to(device),
         device=device,
         autocast_dtype=torch.bfloat16 if bf16 else None,
         resample_from=None if stream_rate == frontend.sample_rate else stream_rate,
@@ -103,10 +103,10 @@ def batch_loss(parts: Parts, batch: dict[str, Any], augment: bool = True) -> Ten
     target = parts.normalise_target(batch["target"].to(parts.device, non_blocking=True).float())  # (B, D)
     clusters = batch["cluster"].to(parts.device, non_blocking=True)  # (B,)
     perm = lam = None
+    if augment and parts.specaug is not None:
+        mel = parts.specaug(mel)
     if augment and parts.mixup_alpha > 0:
         mel, perm, lam = mixup(mel, parts.mixup_alpha, generator=parts.mixup_gen)
-    if augment:
-        mel = parts.specaug(mel)
     with torch.autocast(
         parts.device.type,
         dtype=parts.autocast_dtype or torch.float32,

@@ -26,6 +26,13 @@ def test_every_shipped_config_loads_and_builds():
         if path.stem != "demo-cpu":
             assert (cfg.student, cfg.teacher) in PAPER and cfg.manifest.startswith("balanced")
             assert cfg.precision == "auto" and cfg.loss == "cosine"
+            # the reference's KD configs: no mixup, no SpecAugment; what it does not state is said
+            assert cfg.mixup_alpha == 0 and cfg.augment is None, path
+            text = path.read_text()
+            for key in ("epochs", "samples_per_epoch", "batch_size"):
+                assert any(line.startswith(f"{key}:") and "UNKNOWN" in line for line in text.splitlines())
+            if cfg.student != "eres2net":  # EfficientAT's ImageNet weights, named (not loaded)
+                assert f"{cfg.student}_im.pt" in text and "efficientat_weights" not in cfg.student_options
         with torch.device("meta"):  # checks the student options without allocating weights
             student = build_student(cfg.student, teacher_dim=64, **cfg.student_options)
         assert student.teacher_dim == 64
@@ -55,11 +62,18 @@ def test_overrides_win_and_unknown_keys_are_refused(tmp_path):
         ({"batch_size": 0}, "batch_size"),
         ({"precision": "fp8"}, "precision"),
         ({"grad_clip": -1.0}, "grad_clip"),
+        ({"loss": "clap", "mixup_alpha": 0.3}, "mixup .* contrastive loss 'clap'.*set mixup_alpha: 0"),
+        ({"loss": "cluster_contrastive"}, "mixup_alpha 0.3. with the contrastive loss"),
     ],
 )
 def test_bad_values_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_train_config(None, overrides)
+
+
+def test_contrastive_losses_train_without_mixup():
+    assert load_train_config(None, {"loss": "clap", "mixup_alpha": 0.0}).loss == "clap"
+    assert load_train_config(None, {"loss": "kl"}).mixup_alpha > 0  # regression losses mix
 
 
 def test_missing_paths_are_named():

@@ -48,7 +48,8 @@ def _plain(name: str, p: torch.Tensor, t: torch.Tensor, clusters=None, temperatu
         for i in range(n):
             ps = _softmax([float(x) / temperature for x in p[i]])
             pt = _softmax([float(x) / temperature for x in t[i]])
-            out.append(sum(a * math.log(a / b) for a, b in zip(pt, ps, strict=True)) * temperature**2)
+            kl = sum(a * math.log(a / b) for a, b in zip(pt, ps, strict=True)) / D  # mean over D
+            out.append(kl * temperature**2)
         return out
     # symmetric InfoNCE over cosine logits, optionally without same-cluster negatives
     sim = [[_cos(p[i], t[j]) / temperature for j in range(n)] for i in range(n)]
@@ -133,18 +134,34 @@ def test_mixup_mixed_cosine(pair) -> None:
     )
 
 
-def test_mixup_cluster_contrastive_permutes_clusters(pair) -> None:
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kl_is_the_references_formula(pair, temperature) -> None:
+    """The reference (system.py, _kd_loss_kl_div): torch's KLDivLoss(reduction="none") on
+    (log_softmax(pred / T), softmax(target / T)), times T^2, averaged over batch AND embedding
+    dimensions; with mixup the per-sample mean over D, lam-weighted against both targets."""
     p, t = pair
-    clusters = torch.tensor([0, 1, 0, 2, 1, 0])
-    perm = torch.tensor([1, 2, 3, 4, 5, 0])
-    lam = torch.full((B,), 0.75, dtype=torch.float64)
-    loss = build_loss("cluster_contrastive", temperature=0.2)
-    got = mixup_loss(loss, p, t, perm, lam, clusters=clusters).item()
-    first = _plain("cluster", p, t, clusters=clusters.tolist(), temperature=0.2)
-    second = _plain("cluster", p, t[perm], clusters=clusters[perm].tolist(), temperature=0.2)
-    assert got == pytest.approx(
-        sum(0.75 * a + 0.25 * b for a, b in zip(first, second, strict=True)) / B, rel=1e-6
-    )
+    kl_div = torch.nn.KLDivLoss(reduction="none")
+    log_student = torch.nn.functional.log_softmax(p / temperature, dim=1)
+    teacher = torch.nn.functional.softmax(t / temperature, dim=1)
+    ref = (kl_div(log_student, teacher) * temperature**2).mean()
+    loss = build_loss("kl", temperature=temperature)
+    assert loss(p, t).item() == pytest.approx(ref.item(), rel=1e-9)
+    perm = torch.tensor([3, 0, 5, 1, 2, 4])
+    lam = torch.tensor([0.5, 0.9, 0.7, 1.0, 0.6, 0.8], dtype=torch.float64)
+    mixed = kl_div(log_student, teacher).mean(dim=1) * lam
+    mixed = mixed + kl_div(log_student, teacher[perm]).mean(dim=1) * (1 - lam)
+    got = mixup_loss(loss, p, t, perm, lam).item()
+    assert got == pytest.approx((mixed * temperature**2).mean().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["clap", "cluster_contrastive"])
+def test_mixup_refuses_contrastive_losses(pair, name) -> None:
+    """Mixup's second term scores against the permuted targets, where a mixed sample's own
+    target is a negative: refused (the trainer's config refuses it first, see test_config)."""
+    p, t = pair
+    loss = build_loss(name)
+    with pytest.raises(ValueError, match="contrastive: mixup cannot be used"):
+        mixup_loss(loss, p, t, torch.arange(B).flip(0), torch.full((B,), 0.75), clusters=torch.arange(B))
 
 
 @pytest.mark.parametrize("name", ["cosine", "mse", "l1", "kl", "clap", "cluster_contrastive"])
@@ -160,6 +177,8 @@ def test_gradients_are_finite(name: str, dtype: torch.dtype) -> None:
     assert value.dtype == torch.float32 and torch.isfinite(value)
     assert pred.grad is not None and pred.grad.dtype == dtype
     assert torch.isfinite(pred.grad.float()).all() and pred.grad.abs().sum() > 0
+    if not loss.mixup_ok:
+        return
     # and through the mixup path
     pred.grad = None
     mixup_loss(loss, pred, target, torch.randperm(B, generator=g), torch.full((B,), 0.7), **extra).backward()

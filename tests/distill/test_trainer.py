@@ -257,7 +257,7 @@ def test_run_folder_noop_rerun_and_refusals(work, tmp_path):
     ):
         train(tiny_cfg(work, tmp_path / "y", num_workers=12), progress=False)
     with pytest.raises(ConfigError, match="cluster_contrastive needs clusters"):
-        train(tiny_cfg(work, tmp_path / "x", loss="cluster_contrastive"), progress=False)
+        train(tiny_cfg(work, tmp_path / "x", loss="cluster_contrastive", mixup_alpha=0.0), progress=False)
 
 
 def test_dymn_temperature_follows_the_schedule_and_dry_run(work, tmp_path):
