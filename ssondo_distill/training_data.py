@@ -214,9 +214,11 @@ def fit_length(x: np.ndarray, length: int, offset: int) -> np.ndarray:
 
 
 def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (each (D,), float64) of the clip embeddings of the clips at ``positions`` of
-    the sampling table, read one block per tar shard. Clip-level statistics serve window targets
-    too. A constant dimension gets std 1 (nothing to scale)."""
+    """Mean and std (each (D,), float64) of the targets the clips at ``positions`` of the sampling
+    table are trained on, read one block per tar shard: their clip embeddings (target=clip), or
+    their valid window embeddings (target=window: each clip weighs one, shared equally by its
+    windows, as the stream draws one window uniformly per sample; the clip embeddings, means of
+    windows, spread less). A constant dimension gets std 1 (nothing to scale)."""
     store = CacheStore(data.view.cache_path)
     rows = np.sort(data.table.rows[positions])
     total = np.zeros(data.embed_dim)
@@ -224,9 +226,19 @@ def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.nda
     for shard in np.unique(data.table.shards[positions]):
         start, stop = data.view.shard_rows(int(shard))
         mine = rows[(rows >= start) & (rows < stop)]
-        block = store.read_clip(int(mine[0]), int(mine[-1]) + 1).astype(np.float64)[mine - mine[0]]
-        total += block.sum(0)
-        squares += np.square(block).sum(0)
+        lo, hi = int(mine[0]), int(mine[-1]) + 1
+        if data.view.target == "window":
+            emb, n_windows = store.read_windows(lo, hi)  # (n, W_max, D), (n,)
+            emb, n_windows = emb[mine - lo].astype(np.float64), n_windows[mine - lo]
+            valid = np.arange(emb.shape[1])[None, :] < n_windows[:, None]  # (n, W_max)
+            x = np.where(valid[..., None], emb, 0.0)  # NaN past each clip's windows -> 0
+            per_clip = np.maximum(n_windows, 1)[:, None].astype(np.float64)  # (n, 1)
+            total += (x.sum(1) / per_clip).sum(0)
+            squares += (np.square(x).sum(1) / per_clip).sum(0)
+        else:
+            block = store.read_clip(lo, hi).astype(np.float64)[mine - lo]  # (n, D)
+            total += block.sum(0)
+            squares += np.square(block).sum(0)
     n = len(rows)
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - np.square(mean), 0.0))

@@ -36,6 +36,25 @@ def test_statistics_are_those_of_the_training_clips(work):
     assert not np.allclose(mean, clip.mean(0))  # the held-out clips are left out
 
 
+def test_window_targets_are_standardised_with_window_statistics(work):
+    data = open_training_data(work, CACHE, "random", "window", 0.5)
+    train_table, _ = split_holdout(data.table, 6, seed=1)
+    mean, std = target_statistics(data, np.searchsorted(data.table.rows, train_table.rows))
+    emb, n_windows = open_cache(work, CACHE).read_windows(0, len(data.table))
+    # by hand: each training clip's valid windows, every clip weighing one
+    per_clip = [emb[r, : n_windows[r]].astype(np.float64) for r in train_table.rows]
+    expected_mean = np.mean([w.mean(0) for w in per_clip], axis=0)
+    expected_var = np.mean([np.square(w).mean(0) for w in per_clip], axis=0) - np.square(expected_mean)
+    expected_std = np.sqrt(np.maximum(expected_var, 0.0))
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(std, np.where(expected_std > 1e-6, expected_std, 1.0), rtol=1e-6)
+    _, clip_std = target_statistics(
+        open_training_data(work, CACHE, "random", "clip", 0.5),
+        np.searchsorted(data.table.rows, train_table.rows),
+    )
+    assert not np.allclose(std, clip_std)  # windows spread otherwise than clip means
+
+
 def test_training_with_centred_targets_records_them_and_validates_raw(work, tmp_path):
     torch.set_num_threads(1)
     cfg = tiny_cfg(work, tmp_path / "run", target_norm="center", epochs=1, mixup_alpha=0.0)
