@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -147,3 +148,43 @@ def test_eval_teacher_straight_from_a_cache(tmp_path):
         ],
     )
     assert result.exit_code != 0 and "not in the packed corpus" in result.output
+
+
+@pytest.mark.slow
+def test_eval_adds_the_untrained_student_unless_told_not_to(tmp_path):
+    from ssondo_eval.embedders import TeacherEmbedder
+    from tests.eval.test_untrained import trained_checkpoint
+
+    path = task_csv(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    trained_checkpoint(
+        run / "student.pt", seed=4, teacher_id=TeacherEmbedder(TINY, ts=0.25, dim=8).teacher_id
+    )
+    base = [
+        "eval",
+        str(run),
+        "--teacher",
+        TINY,
+        "--teacher-option",
+        "dim=8",
+        "--teacher-ts",
+        "0.25",
+        "--ts",
+        "1",
+        "--task",
+        f"csv:{path}",
+        "--bootstrap",
+        "200",
+        *FAST,
+    ]
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [m["kind"] for m in data["models"]] == ["teacher", "student", "untrained", "baseline"]
+    assert data["retention"]["student:run"]["untrained"] == "untrained mn04 (seed 4)"
+    assert "untrained mn04 (seed 4)" in (tmp_path / "r" / "results.md").read_text()
+    result = CliRunner().invoke(main, [*base, "--no-untrained", "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert [m["kind"] for m in data["models"]] == ["teacher", "student", "baseline"]
