@@ -21,7 +21,7 @@ import click
     default="full",
     show_default=True,
     help="full: ~1,100 clips (the demo); small: ~250 clips (the end-to-end test); large: ~16 h, "
-    "~8,000 clips of at most 10 s from 17 packages (game music and effects, sample libraries, MIDI "
+    "~11,000 clips of at most 10 s from 24 packages (game music and effects, sample libraries, MIDI "
     "songs rendered; ~2 GB of downloads, ~6 GB written) with three more tasks: percussion, game_music "
     "and a larger instrument_family.",
 )

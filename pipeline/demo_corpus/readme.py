@@ -45,6 +45,7 @@ def large_licences() -> str:
 
 
 def corpus_readme(corpus: DemoCorpus) -> str:
+    has_large = any(pkg in corpus.by_source for pkg in source_packages())
     lines = [
         f"# ssondo demo corpus ({corpus.size})",
         "",
@@ -61,7 +62,8 @@ def corpus_readme(corpus: DemoCorpus) -> str:
         "## Lists",
         "",
         "- `all.csv`: every clip. `distill.csv`: the unlabelled distillation list = every clip",
-        "  except those a task tests on (the student never hears a test clip).",
+        "  except those a task tests on (the student never hears a test clip)"
+        + (" and, here, except every task clip of any split." if has_large else "."),
         "- `sources.csv`: package, origin and licence of every clip.",
         "",
         "## Development tasks",
@@ -78,7 +80,6 @@ def corpus_readme(corpus: DemoCorpus) -> str:
             f"| {name} | {c['train']} | {c['valid']} | {c['test']} | {len(t['labels'])} "
             f"| {t['seconds']} | {t['description']} |"
         )
-    has_large = any(pkg in corpus.by_source for pkg in source_packages())
     if has_large:
         lines[8:8] = [
             "The large corpus adds game music cut into consecutive windows of at most 10 s, game",
