@@ -94,27 +94,39 @@ def make_table(
 
 
 def split_holdout(table: SamplingTable, n_val: int, seed: int) -> tuple[SamplingTable, np.ndarray]:
-    """Hold ``n_val`` clips out of training for validation.
+    """Hold ``n_val`` clips out of training for validation, stratified and fixed by ``seed``.
 
-    They come from as few shards as possible (a seeded choice of shards, then of clips inside
-    each: clips next to each other in key order tend to share a source), so validation reads one
-    or two tar shards, never the whole corpus. Returns the training table (weights renormalised)
-    and the held-out positions into ``table`` (sorted).
+    Each cluster (the whole table when the manifest has none) gets its share of ``n_val`` by size
+    (largest remainder); inside a cluster its clips are taken round robin over its shards, in a
+    seeded shard order that moves on from one cluster to the next. Validation then covers the
+    corpus's kinds of sound and many shards, never one (clips next to each other in key order
+    tend to share a source: one shard could be all speech). Returns the training table (weights
+    renormalised) and the held-out positions into ``table`` (sorted).
     """
     if n_val <= 0:
         return table, np.zeros(0, dtype=np.int64)
     if n_val >= len(table):
         raise ValueError(f"cannot hold out {n_val} validation clips from {len(table)}: keep some to train on")
     rng = np.random.default_rng([seed, 23])
+    shards = np.unique(table.shards)
+    shard_rank = np.zeros(int(shards.max()) + 1, dtype=np.int64)
+    shard_rank[rng.permutation(shards)] = np.arange(len(shards))
+    key = rng.random(len(table))  # random order inside a shard
+    clusters, sizes = np.unique(table.clusters, return_counts=True)
+    exact = n_val * sizes / len(table)
+    quotas = np.floor(exact).astype(np.int64)
+    quotas[np.argsort(-(exact - quotas), kind="stable")[: n_val - quotas.sum()]] += 1
     picked: list[np.ndarray] = []
-    need = n_val
-    for shard in rng.permutation(np.unique(table.shards)):
-        inside = np.flatnonzero(table.shards == shard)
-        pos = rng.choice(inside, size=min(need, len(inside)), replace=False)
-        picked.append(pos)
-        need -= len(pos)
-        if need == 0:
-            break
+    offset = 0
+    for cluster, quota in zip(clusters, quotas, strict=True):
+        inside = np.flatnonzero(table.clusters == cluster)
+        order = inside[np.lexsort((key[inside], table.shards[inside]))]  # by shard, random inside
+        shard = table.shards[order]
+        starts = np.flatnonzero(np.r_[True, np.diff(shard) != 0])
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # in shard
+        turn = (shard_rank[shard] - offset) % len(shards)  # this cluster's shard order
+        picked.append(order[np.lexsort((turn, rank))][:quota])
+        offset += int(quota)
     val = np.sort(np.concatenate(picked))
     keep = np.ones(len(table), dtype=bool)
     keep[val] = False

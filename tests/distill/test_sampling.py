@@ -136,13 +136,28 @@ def test_window_skip_resumes_the_same_emission_order():
     assert [s for s, _ in full] != sorted(s for s, _ in full) or len({s for s, _ in full}) == 1
 
 
-def test_holdout_comes_from_few_shards_and_is_excluded():
-    table = _skewed_table()
+def test_holdout_is_stratified_over_clusters_and_shards_and_excluded():
+    table = _skewed_table()  # 12 shards of 50 clips, clusters of 300..1 clips
     train, val = sampling.split_holdout(table, 70, seed=0)
     assert len(val) == 70 and len(train) == len(table) - 70
-    assert len(np.unique(table.shards[val])) == 2  # 50 clips per shard
     assert not set(table.rows[val]) & set(train.rows)
     assert pytest.approx(train.weights.sum()) == 1.0
+    # every cluster its share by size (up to rounding), every shard, none over its share by more than one
+    sizes = np.bincount(table.clusters)
+    got = np.bincount(table.clusters[val], minlength=len(sizes))
+    assert np.all(np.abs(got - 70 * sizes / len(table)) < 1), got
+    per_shard = np.bincount(table.shards[val], minlength=12)
+    assert per_shard.min() >= 1 and per_shard.max() <= np.ceil(70 / 12) + 1, per_shard
+    # fixed by the seed, another seed another set; a few clips still come from several shards
+    assert np.array_equal(sampling.split_holdout(table, 70, seed=0)[1], val)
+    assert not np.array_equal(sampling.split_holdout(table, 70, seed=1)[1], val)
+    for n_val in (2, 5):
+        small = sampling.split_holdout(table, n_val, seed=3)[1]
+        assert len(np.unique(table.shards[small])) == n_val
+    uniform = sampling.make_table(
+        keys=[f"k{i}" for i in range(600)], rows=np.arange(600), shards=np.arange(600) // 50
+    )
+    assert np.bincount(uniform.shards[sampling.split_holdout(uniform, 24, seed=0)[1]]).tolist() == [2] * 12
     with pytest.raises(ValueError, match="keep some to train on"):
         sampling.split_holdout(table, len(table), seed=0)
 
