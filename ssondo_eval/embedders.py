@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssondo_cache import lifecycle
 from ssondo_cache.atomic import write_bytes, write_json
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 from ssondo_cache.windows import TemporalSupport, cut_windows, format_seconds
@@ -148,6 +149,7 @@ def _mean_over_windows(
         for row, audio in tqdm(
             audio_iter, total=len(task.items), desc=desc, disable=not progress, leave=False
         ):
+            lifecycle.raise_if_stopped(f"{desc} abandoned; the tasks embedded before are cached")
             windows = cut(torch.from_numpy(audio))  # (n, L)
             if pending and (
                 windows.shape[1] != pending[0][1].shape[1]
@@ -320,6 +322,9 @@ class LogMelStatsEmbedder(Embedder):
                 disable=not progress,
                 leave=False,
             ):
+                lifecycle.raise_if_stopped(
+                    f"log-mel {task.name} abandoned; the tasks embedded before are cached"
+                )
                 logmel = torch.log(self.mel(torch.from_numpy(audio)) + 1e-6)  # (n_mels, T)
                 rows.append(torch.cat([logmel.mean(dim=1), logmel.std(dim=1, correction=0)]).numpy())
                 stats.n_embeddings += 1

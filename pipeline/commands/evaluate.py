@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline.commands.options import key_values
+from pipeline.stopping import stops_cleanly
 
 PROBE_HELP = "Probe settings (EVAR protocol): StandardScaler on train, Adam, early stopping on valid."
 
@@ -183,6 +184,7 @@ def evaluate() -> None:
     help="Where (model, task) embeddings are cached [default: REPORT/embeddings].",
 )
 @probe_options
+@stops_cleanly("eval")
 def probe(
     runs,
     teacher,
@@ -255,6 +257,7 @@ def probe(
 )
 @click.option("--hop", type=float, default=None, help="Hop in seconds for every TS [default: hop = TS].")
 @probe_options
+@stops_cleanly("eval ts-sweep")
 def ts_sweep(
     work,
     teacher,

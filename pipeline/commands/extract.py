@@ -9,6 +9,7 @@ import click
 
 from pipeline.commands.options import key_values
 from pipeline.ranks import detect_rank
+from pipeline.stopping import stops_cleanly
 
 
 @click.command(context_settings={"show_default": True})
@@ -57,6 +58,7 @@ from pipeline.ranks import detect_rank
     help="DataLoader processes decoding tar shards (0: decode in the main process).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@stops_cleanly("extract")
 def extract(
     work: Path,
     teacher: str,

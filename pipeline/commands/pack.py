@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.ranks import detect_rank
+from pipeline.stopping import stops_cleanly
 from ssondo_cache.inputs import PackInputError
 from ssondo_cache.pack import DEFAULT_MIN_DURATION
 from ssondo_cache.pack import pack as pack_corpus
@@ -60,6 +61,7 @@ from ssondo_cache.pack import pack as pack_corpus
     help="Only write the manifests, once every rank's shards exist (pass the same INPUTs and options).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@stops_cleanly("pack")
 def pack(
     inputs: tuple[Path, ...],
     work: Path,

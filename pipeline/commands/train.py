@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.ranks import detect_rank
+from pipeline.stopping import stops_cleanly
 from ssondo_distill.config import TrainConfig, load_train_config
 
 _D = TrainConfig()  # defaults shown in --help come from the dataclass, not from copies here
@@ -121,6 +122,7 @@ def _default(name: str) -> str:
 )
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the student.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@stops_cleanly("train", resume="run the same command with --resume")
 def train(work: Path, config_file: Path | None, compile_: bool | None, no_progress: bool, **flags) -> None:
     """Train a student against the cached teacher embeddings of WORK, streaming its tar shards.
 
