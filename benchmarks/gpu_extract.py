@@ -16,6 +16,7 @@ extractor does not mind; every clip is still decoded from its tar). Files are re
 
     python benchmarks/gpu_extract.py                          # 1024 unique x 16 = 16,384 clips of 10 s, TS 5 s
     python benchmarks/gpu_extract.py --format flac --sample-rate 32000 --repeat 8
+    python benchmarks/gpu_extract.py --json rows.json         # also the rows of `make gpu-check`'s table
     python benchmarks/gpu_extract.py --cpu-smoke-test          # check this script's logic on the CPU (tiny ViT,
                                                               # numbers meaningless; NOT a GPU measurement)
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from gpu_check import row, write_rows  # benchmarks/gpu_check.py: the table's rows
 
 from ssondo_cache.extract import extract
 from ssondo_cache.manifests import clips_table, read_clips, table_meta, write_table
@@ -66,8 +68,8 @@ def make_corpus(
     rows = clips.to_pylist()
     big = []
     for r in range(repeat):
-        for row in rows:
-            big.append({**row, "row": len(big), "shard": row["shard"] + r * n_shards})
+        for clip in rows:
+            big.append({**clip, "row": len(big), "shard": clip["shard"] + r * n_shards})
         if r:
             for s in range(n_shards):
                 os.link(ws.shard_path(s), ws.shard_path(s + r * n_shards))
@@ -110,6 +112,7 @@ def main() -> None:
     ap.add_argument("--format", choices=["wav", "flac"], default="wav")
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--iters", type=int, default=30, help="timed forwards for the forward-alone figures")
+    ap.add_argument("--json", default=None, help="also write the figures as table rows (gpu_check.py)")
     ap.add_argument(
         "--cpu-smoke-test",
         action="store_true",
@@ -188,6 +191,22 @@ def main() -> None:
     )
     print(f"\nratio whole path / compiled forward alone: {steady / compiled:.2f} (target >= 0.80)")
     print(f"ratio whole path / eager forward alone:    {steady / eager:.2f}")
+    met = "met" if steady / compiled >= 0.8 else "NOT met"
+    write_rows(
+        args.json,
+        [
+            row("extraction", f"forward alone, eager bf16, TS {args.ts:g} s", eager, "windows/s"),
+            row("extraction", "forward alone, compiled bf16", compiled, "windows/s", f"{compiled / eager:.2f}x eager"),
+            row(
+                "extraction", f"whole path steady ({n} clips, {args.workers} workers)", steady, "windows/s",
+                f"{steady / compiled:.2f}x compiled forward (target >= 0.80: {met})",
+            ),
+            row(
+                "extraction", "whole path end to end", r.clips_per_second, "clips/s",
+                f"{r.seconds:.0f} s incl. {r.warmup_seconds:.0f} s start-up and compile",
+            ),
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ Also checks that bf16 embeddings stay close to fp32 ones (mean cosine similarity
 
     .venv/bin/python benchmarks/gpu_teachers.py                 # batch 256, 20 timed forwards each
     .venv/bin/python benchmarks/gpu_teachers.py --batch-size 512 --iters 30 --no-compile
+    .venv/bin/python benchmarks/gpu_teachers.py --cpu-smoke-test   # checks the script only: no figures
 
 Needs a CUDA device: without one it exits with status 1 and says so (never a CPU figure).
+`--json PATH` writes the figures as rows of `make gpu-check`'s table.
 DESIGN.md's target: ~12,000 segments/s on one H200 (compiled, bf16).
 """
 
@@ -27,14 +29,15 @@ SEGMENT_SECONDS = 6.0
 
 def _time_forward(fn, audio: torch.Tensor, iters: int, warmup: int) -> float:
     """Seconds per forward (CUDA-synchronised wall clock, after warm-up forwards)."""
+    sync = torch.cuda.synchronize if audio.is_cuda else (lambda: None)
     with torch.inference_mode():
         for _ in range(warmup):
             fn(audio)
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(iters):
             fn(audio)
-        torch.cuda.synchronize()
+        sync()
     return (time.perf_counter() - start) / iters
 
 
@@ -60,14 +63,30 @@ def main() -> int:
         "--warmup", type=int, default=3, help="untimed forwards first (default 3; compile adds its own)"
     )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
+    p.add_argument("--no-fast", action="store_true", help="skip the compiled fast-mode setting")
+    p.add_argument(
+        "--json", default=None, help="also write the figures as table rows (benchmarks/gpu_check.py)"
+    )
+    p.add_argument(
+        "--cpu-smoke-test", action="store_true", help="tiny ViT on the CPU: checks the script, no figures"
+    )
     args = p.parse_args()
 
-    if not torch.cuda.is_available():
+    size: dict = {}  # ViT-B
+    if args.cpu_smoke_test:
+        device, size = torch.device("cpu"), {"embed_dim": 64, "depth": 1, "num_heads": 1}
+        args.batch_size, args.iters, args.warmup = 2, 2, 1
+        print("CPU SMOKE TEST: checks this script runs; the numbers below mean nothing")
+    elif not torch.cuda.is_available():
         print(
             "gpu_teachers: no CUDA device is available; this benchmark only measures GPU throughput.",
             file=sys.stderr,
         )
         return 1
+    else:
+        device = torch.device("cuda")
+
+    from gpu_check import row, write_rows
 
     from ssondo_cache.teachers import build_teacher
     from ssondo_cache.teachers.base import compile_teacher
@@ -76,23 +95,21 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     sr = 16000
-    audio = torch.randn(args.batch_size, int(SEGMENT_SECONDS * sr), device="cuda") * 0.1
-    print(
-        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch_size} x 6-s segments"
-    )
+    audio = torch.randn(args.batch_size, int(SEGMENT_SECONDS * sr), device=device) * 0.1
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, batch {args.batch_size} x 6-s segments")
 
     settings = [("fp32 eager (baseline)", {"amp": False}), ("bf16 eager", {"amp": True})]
     if not args.no_compile:
-        settings += [
-            ("bf16 compiled", {"amp": True, "compile": True}),
-            ("bf16 compiled, fast mode", {"amp": True, "compile": True, "mode": "fast"}),
-        ]
+        settings += [("bf16 compiled", {"amp": True, "compile": True})]
+        if not args.no_fast:
+            settings += [("bf16 compiled, fast mode", {"amp": True, "compile": True, "mode": "fast"})]
 
     reference = None
     results = []
     for label, opts in settings:
         compiled = opts.pop("compile", False)
-        teacher = build_teacher("matpac", device="cuda", random_init=True, seed=0, **opts)
+        teacher = build_teacher("matpac", device=device, random_init=True, seed=0, **size, **opts)
         forward = compile_teacher(teacher) if compiled else teacher
         warmup = args.warmup + (2 if compiled else 0)
         t0 = time.perf_counter()
@@ -121,6 +138,19 @@ def main() -> int:
     )
     for label, rate, tflops, cosine, setup in results:
         print(f"{label:28s} {rate:11.0f} {rate / base:10.2f} {tflops:8.1f} {cosine:11.4f} {setup:9.1f}")
+    write_rows(
+        args.json,
+        [
+            row(
+                "teacher forward",
+                f"MATPAC {label}",
+                rate,
+                "segments/s",
+                f"{rate / base:.2f}x fp32 eager; cos {cos:.4f}",
+            )
+            for label, rate, _, cos, _ in results
+        ],
+    )
     worst = min(r[3] for r in results)
     if worst < 0.99:
         print(f"WARNING: a setting's embeddings drift from fp32 (mean cosine {worst:.4f} < 0.99)")

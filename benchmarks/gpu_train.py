@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_check import row, write_rows  # benchmarks/gpu_check.py: the table's rows
 from loader import make_data  # benchmarks/loader.py: the same synthetic corpus builder
 
 from ssondo_distill.config import load_train_config
@@ -94,6 +95,7 @@ def main() -> None:
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile the student in both measurements")
     ap.add_argument("--root", type=Path, default=None, help="keep the corpus here (default: temporary)")
+    ap.add_argument("--json", default=None, help="also write the figures as table rows (gpu_check.py)")
     ap.add_argument(
         "--cpu-smoke-test", action="store_true", help="tiny run on the CPU: checks the script, no figures"
     )
@@ -117,7 +119,7 @@ def main() -> None:
     try:
         seconds = 10.0 if not a.cpu_smoke_test else 2.0
         t0 = time.perf_counter()
-        work, _, _ = make_data(root / "data", a.clips, seconds, 32000, a.teacher_dim, 1, k=16)
+        work, *_ = make_data(root / "data", a.clips, seconds, 32000, a.teacher_dim, 1, k=16)
         print(
             f"corpus: {a.clips} clips of {seconds:g} s at 32 kHz (WAV shards), {a.teacher_dim}-d targets, "
             f"built in {time.perf_counter() - t0:.0f} s"
@@ -154,9 +156,19 @@ def main() -> None:
         loop = whole_loop(cfg)
         print(f"whole training loop : {loop:9.1f} samples/s")
         ratio = loop / alone
-        print(
-            f"ratio               : {100 * ratio:.0f} % (target >= 70 %: {'met' if ratio >= 0.7 else 'NOT met'})"
-        )
+        met = "met" if ratio >= 0.7 else "NOT met"
+        print(f"ratio               : {100 * ratio:.0f} % (target >= 70 %: {met})")
+        setting = f"{a.student}, batch {a.batch_size}{', compiled' if a.compile else ''}"
+        write_rows(
+            a.json,
+            [
+                row("training", f"step alone, {setting}", alone, "samples/s"),
+                row(
+                    "training", f"whole loop, {a.workers} workers", loop, "samples/s",
+                    f"{100 * ratio:.0f} % of the step alone (target >= 70 %: {met})",
+                ),
+            ],
+        )  # fmt: skip
     finally:
         if a.root is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -265,6 +265,7 @@ def test_cuda_without_gpu_is_an_error_and_auto_says_cpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs a FAISS GPU")
 def test_gpu_matches_cpu():
     X, _ = blobs([3000, 1000, 300], d=32, seed=5)
     cpu, gpu = kmeans(X, 3, device="cpu"), kmeans(X, 3, device="cuda")

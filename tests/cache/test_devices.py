@@ -181,3 +181,16 @@ def test_rank_1_extraction_pins_and_records_on_gpu_1(four_gpus, monkeypatch, tmp
     assert len(items) == 2 and four_gpus.devices("pin") == {1}
     to_host([items[0]["audio"]], dev)
     assert {d for _, d in four_gpus.log} == {1}
+
+
+@pytest.mark.gpu
+def test_to_host_on_a_real_gpu():
+    """The copies land in pinned memory and the event says when (the last GPU: not GPU 0 when there
+    are several)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    dev = resolve_device(f"cuda:{torch.cuda.device_count() - 1}")
+    x = torch.randn(4096, 64, device=dev).half()
+    (host,), ready = to_host([x], dev)
+    ready.synchronize()
+    assert host.is_pinned() and torch.equal(host, x.cpu())
