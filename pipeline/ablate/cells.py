@@ -65,11 +65,14 @@ def failed_before(folder: Path, grid: Grid, since: float) -> bool | None:
     return float(status.get("finished_at", 0.0)) < since
 
 
-def _record(folder: Path, grid: Grid, started: float, outcome: dict[str, Any]) -> dict[str, Any]:
+def _record(
+    folder: Path, grid: Grid, started: tuple[float, float], outcome: dict[str, Any]
+) -> dict[str, Any]:
     status = {
         **outcome,
         "eval_key": eval_key(grid),
-        "seconds": time.time() - started,
+        "seconds": time.time() - started[0],
+        "cpu_seconds": time.process_time() - started[1],  # this process, all its threads
         "finished": now_iso(),
         "finished_at": time.time(),
         "host": socket.gethostname(),
@@ -110,7 +113,7 @@ def run_cell(grid: Grid, cell: Cell, out: Path, progress: bool = False) -> dict[
 
     run = run_dir(out, cell)
     run.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started = time.time(), time.process_time()
     e = grid.config.eval
     try:
         known = run / "cell.json"
@@ -144,7 +147,7 @@ def run_reference(grid: Grid, out: Path, progress: bool = False) -> dict[str, An
 
     folder = reference_dir(out, grid)
     folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started = time.time(), time.process_time()
     e = grid.config.eval
     try:
         report = run_evaluation(

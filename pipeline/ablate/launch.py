@@ -64,7 +64,7 @@ def check_caches(grid: Grid) -> None:
     work = grid.workspace
     if not Workspace(work).clips_manifest.is_file():
         raise FileNotFoundError(
-            f"{grid.source}: workspace {work} has no packed corpus: run `ssondo pack` first"
+            f"{grid.source}: workspace {work} has no packed corpus: run `ssondo pack` (or, for the demo grids, `ssondo demo`) first"
         )
     for cache, teacher in sorted({(c.config["cache"], c.config.get("teacher")) for c in grid.cells}, key=str):
         try:
@@ -84,8 +84,6 @@ def check_caches(grid: Grid) -> None:
 def make_manifests(grid: Grid, out: Path, progress: bool, stale_after: float) -> list[Path]:
     """Missing balanced-kK manifests, made by the code `ssondo cluster` runs (under a claim: one
     launch makes each, the others wait for it); other missing manifests are refused."""
-    from ssondo_cache.cluster import cluster_cache
-
     work, made = grid.workspace, []
     needs: dict[str, set[str]] = {}
     for c in grid.cells:
@@ -113,6 +111,8 @@ def make_manifests(grid: Grid, out: Path, progress: bool, stale_after: float) ->
                 continue
             with claim:
                 if not path.is_file():
+                    from ssondo_cache.cluster import cluster_cache  # FAISS loads only when needed
+
                     log.info("making %s from cache %s (as `ssondo cluster -k %s`)", path, cache, m.group(1))
                     cluster_cache(
                         work, cache, int(m.group(1)), seed=cs.seed, normalize=cs.normalize, sample=cs.sample,
@@ -198,6 +198,7 @@ def run_units(
     """Run every unit of ``names`` that is not finished and not claimed by a live launch."""
     result = LaunchResult(out)
     by_name = {c.name: c for c in grid.cells}
+    pace: list[float] = []  # seconds per cell run here
     for name in names:
         folder = (
             units.reference_dir(out, grid) if name == units.REFERENCE else units.run_dir(out, by_name[name])
@@ -219,9 +220,12 @@ def run_units(
             else:
                 status = units.run_cell(grid, by_name[name], out, progress)
         result.ran.append(name)
+        if name != units.REFERENCE:
+            pace.append(status["seconds"])
         left = len(names) - len(result.ran) - len(result.skipped) - len(result.busy)
-        log.info("ablate: %s %s in %.0f s; at most %d more in this launch (about %.0f min at this pace)",
-                 name, status["status"], status["seconds"], left, left * status["seconds"] / 60)  # fmt: skip
+        eta = f" (about {left * sum(pace) / len(pace) / 60:.0f} min at this pace)" if pace else ""
+        log.info("ablate: %s %s in %.0f s; at most %d more in this launch%s",
+                 name, status["status"], status["seconds"], left, eta)  # fmt: skip
         if status["status"] != "done":
             result.failed.append(name)
             log.warning("ablate: %s failed: %s", name, status["error"])
@@ -284,7 +288,7 @@ def run_jobs(grid: Grid, out: Path, names: list[str], since: float, jobs: int, t
                 stale_after,
                 queue,
             ),
-            daemon=True,
+            daemon=False,  # a daemon cannot start the trainer's DataLoader workers; PDEATHSIG ends it
         )  # fmt: skip
         for j in range(jobs)
     ]
@@ -335,8 +339,8 @@ def run_grid(
     grid = load_grid(grid_file, overrides)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    check_caches(grid)  # quick refusals before anything is written
     write_plan(grid, out, force)
-    check_caches(grid)
     make_manifests(grid, out, progress, stale_after)
     names = _unit_list(grid, rank, world_size, static)
     if jobs > 1:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from pipeline.ablate import claims
 from pipeline.ablate.grid import load_grid
-from pipeline.ablate.launch import check_caches, plan_dict, write_plan
+from pipeline.ablate.launch import check_caches, plan_dict, run_grid, write_plan
 from pipeline.ablate.report import write_ablation_report
 from pipeline.cli import main
 from ssondo_cache.atomic import write_json
@@ -136,6 +136,9 @@ def test_missing_cache_refused_with_the_extract_command(tmp_path):
     grid = load_grid(write_grid(tmp_path / "g.yaml", base={"cache": "ts2-hop2", "teacher": "matpac"}))
     with pytest.raises(FileNotFoundError, match=rf"`ssondo extract {work} --teacher matpac --ts 2 --hop 2`"):
         check_caches(grid)
+    with pytest.raises(FileNotFoundError, match="ssondo extract"):
+        run_grid(tmp_path / "g.yaml", tmp_path / "out")
+    assert not (tmp_path / "out" / "plan.json").exists()  # refused before anything was written
 
 
 # ---------------------------------------------------------------- claims

@@ -145,7 +145,10 @@ def test_sigkill_mid_grid_then_rerun_gives_the_uninterrupted_report(space, tmp_p
 
 @pytest.mark.slow
 def test_two_concurrent_launches_split_the_cells(space, tmp_path):
-    grid = grid_file(space, tmp_path / "g.yaml", {"loss": ["cosine", "mse"], "seed": [0, 1]}, epochs=1)
+    # one loader worker per cell: a local job must be able to start processes of its own
+    grid = grid_file(
+        space, tmp_path / "g.yaml", {"loss": ["cosine", "mse"], "seed": [0, 1]}, epochs=1, num_workers=1
+    )
     out = tmp_path / "out"
     procs = [_launch(grid, out, jobs=2), _launch(grid, out)]  # three workers in all
     for p in procs:
