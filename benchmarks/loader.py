@@ -25,6 +25,7 @@ targets (B, D), in the training process.
   worker_init_fn seeding numpy from torch's seed. With 0 workers torch refuses persistent_workers
   and prefetch_factor, so they are left out there; pin_memory only acts with CUDA (none here).
 
+The stream alone (int16 audio batches, before the mel) is printed beside, to tell the two costs apart.
 Steady state is timed, from the first batch to the last (worker start-up left out of both). The
 stream's shuffle window is small here (64 samples per reader, production uses 1000) so that its shard
 reads keep happening inside the timed part, and the run draws about two samples per clip, so neither
@@ -274,6 +275,7 @@ def main() -> None:
                 a.batches,
                 a.batch_size,
             )
+            alone = rate(BalancedStream(data.view, data.table, cfg).loader(workers), a.batches, a.batch_size)
             ref = rate(
                 reference_loader(dataset, weights, a.batches * a.batch_size, a.batch_size, workers),
                 a.batches,
@@ -283,7 +285,8 @@ def main() -> None:
             where = "in the training process" if workers == 0 else f"{workers} worker processes"
             print(
                 f"{where}: ssondo stream + step-side mel {ours:7.1f} samples/s, reference loader "
-                f"(WAV + .npz per clip, mel in its workers) {ref:7.1f} samples/s -> ratio {ratio:.2f}x"
+                f"(WAV + .npz per clip, mel in its workers) {ref:7.1f} samples/s -> ratio {ratio:.2f}x "
+                f"(ssondo stream alone, int16 audio, no mel: {alone:7.1f} samples/s)"
             )
     finally:
         if a.root is None:
