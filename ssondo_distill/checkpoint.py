@@ -1,9 +1,14 @@
 """The student checkpoint: one file a user can deploy.
 
 ``{format, version, student (build_student args), frontend (LogMelConfig), teacher_id,
-teacher_dim, backbone_dim, state_dict, init_info, extra, code_version, created}``, written
-atomically with torch.save and read back with ``torch.load(weights_only=True)`` (plain
+teacher_dim, backbone_dim, state_dict, target_norm, init_info, extra, code_version, created}``,
+written atomically with torch.save and read back with ``torch.load(weights_only=True)`` (plain
 containers and tensors only: no pickled code runs on load).
+
+The projection always speaks the teacher's space: a student trained on normalised targets
+(target_norm center / standardize) is saved with the normalisation folded into the head's last
+Linear (``fold_target_norm``), and ``target_norm`` records what was folded. Version 1 files
+kept it unfolded in ``extra.target_norm``: they are folded when loaded.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from .frontend import LogMelConfig, StudentFrontEnd
 from .students import Student, build_student
 
 FORMAT = "ssondo-student"
-VERSION = 1
+VERSION = 2  # 2: target_norm folded into the projection (1: unfolded, folded on load)
+READABLE = (1, 2)
 
 
 class CheckpointMismatch(ValueError):
@@ -57,6 +63,28 @@ def _frontend_dict(frontend_cfg: LogMelConfig | StudentFrontEnd | dict[str, Any]
     return StudentFrontEnd(**frontend_cfg).config()  # validates, fills defaults
 
 
+def fold_target_norm(
+    state_dict: dict[str, Any], student: Student, target_norm: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``state_dict`` of ``student`` with ``target_norm`` ({kind, mean (D,), std (D,)}, as the
+    trainer records it) folded into the head's last Linear, y = W h + b -> std * y + mean:
+    W' = diag(std) W, b' = std * b + mean. kind none (or no target_norm): unchanged."""
+    if target_norm is None or target_norm.get("kind", "none") == "none":
+        return state_dict
+    last = f"head.{len(student.head) - 1}"
+    weight, bias = state_dict[f"{last}.weight"], state_dict[f"{last}.bias"]  # (D, H), (D,)
+    mean = torch.as_tensor(target_norm["mean"], dtype=torch.float64)
+    std = torch.as_tensor(target_norm["std"], dtype=torch.float64)
+    if mean.shape != bias.shape or std.shape != bias.shape:
+        raise CheckpointMismatch(
+            f"target_norm has {tuple(mean.shape)} / {tuple(std.shape)} statistics for a {tuple(bias.shape)} projection"
+        )
+    folded = dict(state_dict)
+    folded[f"{last}.weight"] = (std[:, None] * weight.double()).to(weight.dtype)
+    folded[f"{last}.bias"] = (std * bias.double() + mean).to(bias.dtype)
+    return folded
+
+
 def save_student(
     path: str | Path,
     student: Student,
@@ -64,8 +92,11 @@ def save_student(
     teacher_id: str,
     teacher_dim: int,
     extra: dict[str, Any] | None = None,
+    target_norm: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``student`` (weights + rebuild config), its front-end and its teacher to ``path``."""
+    """Write ``student`` (weights + rebuild config), its front-end and its teacher to ``path``;
+    ``target_norm`` (the statistics the student's targets were normalised with) is folded into
+    the projection, which then outputs teacher-space vectors."""
     if teacher_dim != student.teacher_dim:
         raise CheckpointMismatch(
             f"student {student.name!r} projects to {student.teacher_dim} dims, "
@@ -84,9 +115,12 @@ def save_student(
         "teacher_id": str(teacher_id),
         "teacher_dim": int(teacher_dim),
         "backbone_dim": student.backbone_dim,
-        "state_dict": {
-            k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in student.state_dict().items()
-        },
+        "state_dict": fold_target_norm(
+            {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in student.state_dict().items()},
+            student,
+            target_norm,
+        ),
+        "target_norm": json.loads(json.dumps(target_norm or {"kind": "none"})),
         "init_info": json.loads(json.dumps(student.init_info)),
         "extra": extra,
         "code_version": code_version(),
@@ -114,9 +148,9 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
             f"{path} is not an ssondo student checkpoint (format "
             f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})"
         )
-    if ckpt.get("version") != VERSION:
+    if ckpt.get("version") not in READABLE:
         raise CheckpointMismatch(
-            f"{path}: checkpoint version {ckpt.get('version')}, this code reads {VERSION}"
+            f"{path}: checkpoint version {ckpt.get('version')}, this code reads {READABLE}"
         )
     return ckpt
 
@@ -143,7 +177,11 @@ def load_student(
             f"but a {expect_teacher_dim}-d teacher was expected"
         )
     student = build_student(name, teacher_dim, **cfg)
-    student.load_state_dict(ckpt["state_dict"], strict=True)
+    state = ckpt["state_dict"]
+    if ckpt["version"] == 1:  # the projection was saved in the normalised space
+        ckpt["target_norm"] = ckpt.get("extra", {}).get("target_norm", {"kind": "none"})
+        state = fold_target_norm(state, student, ckpt["target_norm"])
+    student.load_state_dict(state, strict=True)
     student.init_info = ckpt.get("init_info", {})
     model = AudioStudent(StudentFrontEnd(**ckpt["frontend"]), student).to(map_location).eval()
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}

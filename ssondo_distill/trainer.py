@@ -288,8 +288,8 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
                 "manifest": data.manifest,
                 "seed": cfg.seed,
                 "loss": cfg.loss,
-                "target_norm": target_norm,
             },
+            target_norm=target_norm,  # folded into the projection: student.pt speaks the teacher's space
         )
         run_state.plot_curves(run / "metrics.jsonl", run / "curves.png")
         write_json(

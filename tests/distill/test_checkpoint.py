@@ -87,3 +87,46 @@ def test_frontend_kind_travels(tmp_path: Path) -> None:
     path = save_student(tmp_path / "s.pt", s, LogMelConfig.efficientat(), "t", 16)
     model, meta = load_student(path)
     assert meta["frontend"]["kind"] == "efficientat" and model.frontend.cfg == LogMelConfig.efficientat()
+
+
+def _norm(dim: int = 16) -> dict:
+    g = torch.Generator().manual_seed(3)
+    mean = (5 * torch.randn(dim, generator=g, dtype=torch.float64)).tolist()
+    std = (0.1 + 3 * torch.rand(dim, generator=g, dtype=torch.float64)).tolist()
+    return {"kind": "standardize", "mean": mean, "std": std}
+
+
+def _teacher_space(s: torch.nn.Module, model: AudioStudent, audio: torch.Tensor, norm: dict) -> torch.Tensor:
+    """What the student trained on normalised targets means in the teacher's space: std * y + mean."""
+    with torch.no_grad():
+        y = s(model.frontend(audio)).double()
+    return (torch.tensor(norm["std"]) * y + torch.tensor(norm["mean"])).float()
+
+
+def test_target_norm_is_folded_into_the_projection(tmp_path: Path) -> None:
+    """forward() of a student trained on standardised targets outputs teacher-space vectors;
+    a version-1 file (normalisation unfolded, in extra) is folded when loaded."""
+    s, norm = _trained_like("mn04"), _norm()
+    path = save_student(tmp_path / "s.pt", s, LogMelConfig(n_mels=64), "t", 16, target_norm=norm)
+    model, meta = load_student(path)
+    assert meta["version"] == 2 and meta["target_norm"] == norm
+    audio = torch.randn(3, 16000)
+    expected = _teacher_space(s, model, audio, norm)
+    # folded in float64, stored in float32: ~1 ulp per weight, far below the 1e-5 of the scale checked
+    scale = expected.abs().max().item()
+    with torch.no_grad():
+        torch.testing.assert_close(model(audio), expected, rtol=1e-5, atol=1e-5 * scale)
+        torch.testing.assert_close(model.embed(audio), s.embed(model.frontend(audio)))  # backbone untouched
+    # a version-1 file: unfolded weights, the statistics in extra
+    old = torch.load(path, weights_only=True)
+    old.update(version=1, state_dict=s.state_dict(), extra={"target_norm": norm})
+    old.pop("target_norm")
+    torch.save(old, tmp_path / "v1.pt")
+    v1, _ = load_student(tmp_path / "v1.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(v1(audio), expected, rtol=1e-5, atol=1e-5 * scale)
+    plain = save_student(tmp_path / "plain.pt", s, LogMelConfig(n_mels=64), "t", 16)  # no target_norm
+    with torch.no_grad():
+        torch.testing.assert_close(load_student(plain)[0](audio), s(model.frontend(audio)))
+    with pytest.raises(CheckpointMismatch, match="statistics for a"):
+        save_student(tmp_path / "bad.pt", s, LogMelConfig(n_mels=64), "t", 16, target_norm=_norm(8))

@@ -222,3 +222,34 @@ def test_cli(run: Path, tmp_path: Path) -> None:
     missing = runner.invoke(main, ["export", str(tmp_path / "empty"), "--format", "onnx"])
     assert missing.exit_code == 1 and "has no student.pt" in missing.output
     assert runner.invoke(main, ["export", "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_projection_export_speaks_the_teachers_space(tmp_path: Path, fmt: str) -> None:
+    """A student trained on standardised targets: the exported projection is std * y + mean of
+    the student's own output y (the normalisation is folded into the checkpoint)."""
+    torch.manual_seed(0)
+    student = build_student("mn04", 16, hidden_dim=32)
+    fe = StudentFrontEnd.from_config(LogMelConfig(n_mels=64))
+    student.train()
+    with torch.no_grad():
+        student(fe(0.1 * torch.randn(4, 32000)))
+    student.eval()
+    g = torch.Generator().manual_seed(1)
+    mean, std = (
+        4 * torch.randn(16, generator=g, dtype=torch.float64),
+        0.2 + torch.rand(16, generator=g, dtype=torch.float64),
+    )
+    norm = {"kind": "standardize", "mean": mean.tolist(), "std": std.tolist()}
+    path = save_student(
+        tmp_path / "student.pt", student, LogMelConfig(n_mels=64), "t-0", 16, target_norm=norm
+    )
+    res = export_student(
+        path, fmt, what="projection", out=tmp_path / f"p.{fmt}", clip_seconds=CLIP, repeats=1
+    )
+    audio = _clips(20000)
+    with torch.no_grad():
+        teacher_space = (std * student(fe(audio)).double() + mean).numpy()
+    got = _run_exported(fmt, res.path, audio)
+    scale = np.abs(teacher_space).max()
+    np.testing.assert_allclose(got, teacher_space, rtol=0, atol=1e-4 * scale)  # as the eager check above

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from ssondo_cache.store import open_cache
-from ssondo_distill.checkpoint import read_meta
+from ssondo_distill.checkpoint import load_student, read_meta
 from ssondo_distill.sampling import split_holdout
+from ssondo_distill.students import build_student
 from ssondo_distill.trainer import train
 from ssondo_distill.training_data import open_training_data, target_statistics
 from tests.distill.test_stream import make_corpus, write_cache
@@ -59,7 +60,7 @@ def test_training_with_centred_targets_records_them_and_validates_raw(work, tmp_
     torch.set_num_threads(1)
     cfg = tiny_cfg(work, tmp_path / "run", target_norm="center", epochs=1, mixup_alpha=0.0)
     result = train(cfg, progress=False)
-    norm = read_meta(result.student_path)["extra"]["target_norm"]
+    norm = read_meta(result.student_path)["target_norm"]
     assert (
         norm["kind"] == "center"
         and len(norm["mean"]) == open_cache(work, CACHE).embed_dim
@@ -80,3 +81,22 @@ def test_bn_momentum_reaches_every_batch_norm(work):
     assert momenta == {0.2}
     with pytest.raises(Exception, match="bn_momentum"):
         tiny_cfg(work, work / "unused", bn_momentum=0.0)
+
+
+def test_standardised_run_saves_a_teacher_space_projection(work, tmp_path):
+    """student.pt of a target_norm: standardize run outputs std * y + mean, y the trained
+    student's output in the normalised space (its last checkpoint holds those raw weights)."""
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(work, tmp_path / "run", target_norm="standardize", epochs=1, mixup_alpha=0.0)
+    result = train(cfg, progress=False)
+    model, meta = load_student(result.student_path)
+    norm = meta["target_norm"]
+    assert norm["kind"] == "standardize" and "target_norm" not in meta["extra"]
+    raw = build_student(cfg.student, 8, **cfg.student_options).eval()
+    last = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1]
+    raw.load_state_dict(torch.load(last, weights_only=True)["model"])
+    audio = torch.randn(3, 4000)
+    with torch.no_grad():
+        y = raw(model.frontend(audio)).double()
+        expected = (torch.tensor(norm["std"]) * y + torch.tensor(norm["mean"])).float()
+        torch.testing.assert_close(model(audio), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
