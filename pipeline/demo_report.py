@@ -95,7 +95,7 @@ def write_index(
         lines.append(_image(report, run / "curves.png", f"{label} training curves"))
         lines.append("")
     lines += [
-        "## Downstream probes (teacher, students, log-mel baseline)",
+        "## Downstream probes (teacher, students, the untrained student, log-mel baseline)",
         "",
         f"Full table: {_link(report, report / 'eval' / 'results.md')} "
         f"({_link(report, report / 'eval' / 'results.json')})",

@@ -30,8 +30,10 @@ import click
 @click.option("--quiet", is_flag=True, help="No progress bars, only the one-line stage summaries.")
 def demo(out: Path, size: str, train_config: Path | None, quiet: bool) -> None:
     """Build the real demo corpus and run pack, extract (two temporal supports), cluster, train
-    (balanced and random sampling), eval (teacher, students, log-mel baseline) and the TS sweep,
-    then write OUT/report/index.md. Re-running resumes: finished stages are no-ops."""
+    (balanced and random sampling), eval (teacher, students, the untrained student, log-mel baseline,
+    with bootstrap CIs) and the TS sweep, then write OUT/report/index.md and OUT/report/demo-figures.json
+    (what the run measured, with its commit and machine). Re-running resumes: finished stages are
+    no-ops."""
     from pipeline.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(out=out, size=size, train_config=train_config, progress=not quiet), echo=click.echo)
