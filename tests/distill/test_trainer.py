@@ -320,9 +320,13 @@ def test_ddp_two_processes_match_one_process_on_the_global_batch(work, tmp_path)
     parts.student.eval()
     both = {k: torch.cat([r0["batch"][k], r1["batch"][k]]) for k in ("audio", "target", "cluster")}
     batch_loss(parts, both, augment=False).backward()
+    # DDP averages the two halves' gradients (gloo all-reduce): the same sums in another order,
+    # so per tensor, relative to its norm (measured <= 1.2e-6; elementwise, a near-zero entry's
+    # rounding would count)
     for name, p in parts.student.named_parameters():
-        torch.testing.assert_close(r0["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
-        torch.testing.assert_close(r1["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        for r in (r0, r1):
+            diff = (r["grads"][name].double() - p.grad.double()).norm() / p.grad.double().norm()
+            assert diff < 1e-4, (name, diff.item())
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["result"]["steps"] == 5 and result["identity"]["world_size"] == 2
     ckpt = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
