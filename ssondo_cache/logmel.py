@@ -2,10 +2,10 @@
 (B, 1, n_mels, frames) (what a student's first convolution and a ViT's patch embedding take),
 computed in fp32 on the device the audio is on.
 
-    [pre-emphasis] -> STFT (window, centring) -> power -> mel banks -> log(x + log_offset)
+    [pre-emphasis] -> STFT (window, centring) -> |X|^power -> mel banks -> log(x + log_offset)
     -> (x - norm_mean) / norm_std
 
-Two kinds of mel banks and window, chosen by ``LogMelConfig.kind`` from ``FRONTENDS``:
+Three kinds of mel banks and window, chosen by ``LogMelConfig.kind`` from ``FRONTENDS``:
 - ``logmel``: periodic Hann window, Slaney-scale, Slaney-normalised banks (torchaudio's, which is
   what MATPAC's official code uses). The S-SONDO KD front-end (the defaults: 32 kHz, n_fft = win 1024,
   hop 512, 128 mel, 50-16000 Hz, offset 1e-3, no centring) and the MATPAC / M2D teacher front-ends
@@ -13,6 +13,8 @@ Two kinds of mel banks and window, chosen by ``LogMelConfig.kind`` from ``FRONTE
 - ``efficientat``: EfficientAT's ``AugmentMelSTFT`` in eval mode (pre-emphasis 0.97, symmetric Hann
   800 in n_fft 1024, hop 320, centred, Kaldi banks 0-15000 Hz, log(x + 1e-5), then (x + 4.5) / 5):
   what EfficientAT's pretrained weights expect. ``LogMelConfig.efficientat()``.
+- ``htk``: periodic Hann window, HTK-scale triangles without normalisation: YAMNet's front-end
+  (magnitude, power 1; teachers/yamnet.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -37,6 +40,7 @@ class LogMelConfig:
 
     kind: ``logmel`` or ``efficientat`` (see the module docstring).
     center: frames centred on their sample, with reflection padding of n_fft // 2.
+    power: the spectrum's exponent, 2 = power spectrum, 1 = magnitude (YAMNet).
     preemphasis: coefficient c of y[n] = x[n+1] - c x[n] (0 = none; efficientat uses 0.97).
     norm_mean / norm_std: the log-mel is returned as (x - norm_mean) / norm_std.
     """
@@ -51,6 +55,7 @@ class LogMelConfig:
     f_max: float = 16000.0
     log_offset: float = 1e-3
     center: bool = False
+    power: float = 2.0
     preemphasis: float = 0.0
     norm_mean: float = 0.0
     norm_std: float = 1.0
@@ -78,6 +83,8 @@ class LogMelConfig:
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
+        if self.power <= 0:
+            raise ValueError(f"power must be > 0, got {self.power}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ValueError(
                 f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}, "
@@ -120,7 +127,10 @@ class LogMel(nn.Module):
                 pad_mode="reflect",
                 return_complex=True,
             )  # (B, n_fft//2+1, frames)
-            power = spec.real.square() + spec.imag.square()
+            if c.power == 2:  # |X|^2 exactly, without a square root
+                power = spec.real.square() + spec.imag.square()
+            else:
+                power = spec.abs() if c.power == 1 else spec.abs().pow(c.power)
             mel = torch.matmul(self.banks, power)  # (B, n_mels, frames)
             return torch.log(mel + c.log_offset)
 
@@ -139,7 +149,6 @@ class LogMel(nn.Module):
             **to_dict(self.cfg),
             "window": self.window_name,
             "mel": self.banks_name,
-            "power": 2.0,
             "pad_mode": "reflect" if self.cfg.center else None,
         }
 
@@ -177,6 +186,32 @@ class EfficientATMel(LogMel):
             banks = F.pad(banks, (0, 1))  # Kaldi banks omit the Nyquist bin
             window = torch.hann_window(cfg.win_length, periodic=False)
         super().__init__(cfg, window, banks)
+
+
+def htk_banks(n_fft: int, sample_rate: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """(n_mels, n_fft//2 + 1) triangles on the linear-frequency axis, corners evenly spaced in HTK mel,
+    not normalised. In float64: torchaudio's float32 banks differ by ~6e-6, enough to move YAMNet's
+    uint8-quantised input (and its embeddings by ~2 %)."""
+
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)  # (n_freqs,)
+    corners = 700.0 * (10.0 ** (np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2) / 2595.0) - 1.0)
+    lo, mid, hi = corners[:-2, None], corners[1:-1, None], corners[2:, None]  # (n_mels, 1) each
+    return np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+
+
+@FRONTENDS.register("htk")
+class HtkLogMel(LogMel):
+    window_name = "hann_periodic"
+    banks_name = "htk scale, no norm"
+
+    def __init__(self, cfg: LogMelConfig) -> None:
+        banks = htk_banks(cfg.n_fft, cfg.sample_rate, cfg.n_mels, cfg.f_min, cfg.f_max)
+        with torch.device("cpu"):
+            window = torch.hann_window(cfg.win_length, periodic=True)
+        super().__init__(cfg, window, torch.from_numpy(banks.astype(np.float32)))
 
 
 def build_logmel(cfg: LogMelConfig) -> LogMel:

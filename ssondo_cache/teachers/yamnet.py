@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssondo_cache.logmel import LogMelConfig, build_logmel
 from ssondo_cache.teachers.base import Teacher, make_teacher_id
 
 SAMPLE_RATE = 16000
@@ -34,23 +35,19 @@ PATCH_FRAMES, PATCH_HOP = 96, 48
 RESHAPE_OUTPUT = "/model/Reshape_output_0"  # (1, 1024) in the export: flatten after global average pooling
 EMBEDDING_TENSOR = RESHAPE_OUTPUT + "_qdq"  # its quantise-dequantise, the classifier's input
 EMBED_DIM = 1024
-
-
-def htk_mel_filterbank(n_freqs: int, sample_rate: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """(n_freqs, n_mels) triangles on the linear-frequency axis, corners evenly spaced in HTK mel."""
-
-    def hz_to_mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-    def mel_to_hz(m):
-        return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
-
-    freqs = np.linspace(0.0, sample_rate / 2, n_freqs)  # (n_freqs,)
-    corners = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))  # (n_mels+2,)
-    lo, mid, hi = corners[:-2], corners[1:-1], corners[2:]
-    rising = (freqs[:, None] - lo) / (mid - lo)
-    falling = (hi - freqs[:, None]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+YAMNET_FRONTEND = LogMelConfig(
+    kind="htk",
+    sample_rate=SAMPLE_RATE,
+    n_fft=N_FFT,
+    win_length=WIN,
+    hop_length=HOP,
+    n_mels=N_MELS,
+    f_min=F_MIN,
+    f_max=F_MAX,
+    log_offset=LOG_OFFSET,
+    center=True,
+    power=1.0,  # magnitude
+)
 
 
 class YamnetPatches(torch.nn.Module):
@@ -58,22 +55,10 @@ class YamnetPatches(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("window", torch.hann_window(WIN, periodic=True), persistent=False)
-        fb = htk_mel_filterbank(N_FFT // 2 + 1, SAMPLE_RATE, N_MELS, F_MIN, F_MAX)
-        self.register_buffer("mel_fb", torch.from_numpy(fb), persistent=False)  # (257, 64)
+        self.mel = build_logmel(YAMNET_FRONTEND)
 
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, frames, 64)
-        spec = torch.stft(
-            audio,
-            N_FFT,
-            hop_length=HOP,
-            win_length=WIN,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
-        ).abs()  # (B, 257, frames)
-        return torch.log(spec.transpose(1, 2) @ self.mel_fb + LOG_OFFSET)
+        return self.mel.log_mel(audio).transpose(1, 2)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         min_samples = (PATCH_FRAMES - 1) * HOP  # the shortest input giving one full patch
@@ -225,16 +210,7 @@ class YamnetTeacher(Teacher):
             "onnx_sha256": self.onnx_sha256,
             "embedding_tensor": EMBEDDING_TENSOR,
             "frontend": {
-                "stft": {
-                    "win": WIN,
-                    "hop": HOP,
-                    "n_fft": N_FFT,
-                    "window": "hann_periodic",
-                    "center": True,
-                    "magnitude": True,
-                },
-                "mel": {"n_mels": N_MELS, "f_min": F_MIN, "f_max": F_MAX, "scale": "htk", "norm": None},
-                "log_offset": LOG_OFFSET,
+                **self.patches.mel.describe(),
                 "patch_frames": PATCH_FRAMES,
                 "patch_hop_frames": PATCH_HOP,
                 "input_quantization": {"scale": self.input_scale, "zero_point": self.input_zero_point},

@@ -76,7 +76,7 @@ def test_efficientat_frontend_reproduces_the_official_output() -> None:
 
 
 def test_frontend_interface() -> None:
-    assert set(FRONTENDS.names()) == {"logmel", "efficientat"}
+    assert set(FRONTENDS.names()) == {"logmel", "efficientat", "htk"}
     fe = StudentFrontEnd()
     assert fe.sample_rate == 32000 and fe.n_mels == 128
     assert fe.state_dict() == {}  # window and banks are derived from the config, never saved

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchaudio
 
+from ssondo_cache.logmel import LogMel
 from ssondo_cache.teachers import build_teacher
-from ssondo_cache.teachers.yamnet import YamnetPatches, htk_mel_filterbank
+from ssondo_cache.teachers.yamnet import YamnetPatches
 
 SR = 16000
 
@@ -63,7 +64,13 @@ def test_patches_match_an_independent_formula():
     expected = np.stack([log_mel[s : s + 96] for s in range(0, n_frames - 96 + 1, 48)])
     assert ours.shape == expected.shape == (3, 96, 64)
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=1e-4)
-    np.testing.assert_allclose(htk_mel_filterbank(257, SR, 64, 125.0, 7500.0), fb, atol=1e-5)
+    np.testing.assert_allclose(YamnetPatches().mel.banks.T.numpy(), fb, atol=1e-5)  # float64-made banks
+
+
+def test_yamnet_front_end_is_the_shared_log_mel():
+    """No third mel implementation: YAMNet's is ssondo_cache.logmel's ``htk`` kind, magnitude."""
+    mel = YamnetPatches().mel
+    assert isinstance(mel, LogMel) and (mel.cfg.kind, mel.cfg.power, mel.cfg.center) == ("htk", 1.0, True)
 
 
 def test_shapes_ids_and_description(yamnet):
