@@ -1,7 +1,7 @@
 """How a long command ends on SIGTERM, SIGINT or SIGUSR1 (what SLURM sends before it kills a job,
 or with ``--signal``): at a resumable point, with one line on stderr saying what was saved and how
 to resume, and exit status 128 + the signal (143 SIGTERM, 130 SIGINT, 138 SIGUSR1), so a batch
-script can tell a clean stop from a finished run. A second signal stops at once."""
+script can tell a clean stop from a finished run. A second SIGINT (Ctrl-C twice) stops at once."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ DataLoader worker must re-ignore them after torch installs its own handlers: pas
 
 Stopping. Within ``stop_on_signals()`` the first SIGTERM, SIGINT or SIGUSR1 only records itself;
 long loops poll ``stop_requested()`` between units of work (a block, a step, a shard, a clip),
-leave every finished unit saved and raise ``Stopped`` saying what was saved. A second signal stops
-the process at once (the signal's default action). Outside ``stop_on_signals()`` nothing is
+leave every finished unit saved and raise ``Stopped`` saying what was saved. A second SIGINT stops
+the process at once (Ctrl-C twice); repeated SIGTERM / SIGUSR1 are ignored. Outside ``stop_on_signals()`` nothing is
 recorded: library calls behave as before.
 """
 
@@ -163,11 +163,13 @@ def raise_if_stopped(saved: str | Callable[[], str]) -> None:
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
-    if _received:  # asked twice: stop now
+    if not _received:
+        _received.append(signum)
+    elif signum == signal.SIGINT:  # Ctrl-C twice: stop now
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
-        return
-    _received.append(signum)
+    # a repeated SIGTERM / SIGUSR1 changes nothing: torchrun forwards the SIGTERM that SLURM already
+    # sent to every process, and the batch system's SIGKILL is the hard stop
 
 
 @contextmanager

@@ -228,6 +228,28 @@ def test_a_stop_signal_is_recorded_then_raised_where_polled(sig: signal.Signals)
     assert lifecycle.stop_requested() is None and signal.getsignal(sig) == before
 
 
+REPEAT = """
+import os, signal, sys
+from ssondo_cache.lifecycle import stop_on_signals, stop_requested
+sig = signal.Signals[sys.argv[1]]
+with stop_on_signals():
+    os.kill(os.getpid(), sig)
+    os.kill(os.getpid(), sig)
+    print(stop_requested().name, flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", lifecycle.STOP_SIGNALS, ids=lambda s: s.name)
+def test_a_second_sigint_stops_at_once_a_repeated_sigterm_does_not(sig: signal.Signals):
+    """torchrun forwards SLURM's SIGTERM to workers that already got it: that must not cut the stop
+    short; Ctrl-C twice is a user who wants out now."""
+    out = subprocess.run([sys.executable, "-c", REPEAT, sig.name], cwd=REPO, capture_output=True, timeout=60)
+    if sig == signal.SIGINT:
+        assert out.returncode == -signal.SIGINT and out.stdout == b""
+    else:
+        assert out.returncode == 0 and out.stdout == f"{sig.name}\n".encode()
+
+
 def test_until_stopped_does_not_wait_for_the_unit_in_flight():
     ctx = lifecycle.child_context("spawn")
     with ctx.Pool(1) as pool, lifecycle.stop_on_signals():

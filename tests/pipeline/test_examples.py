@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from ssondo_cache.typed_config import to_dict
 from ssondo_distill.checkpoint import load_student
 from ssondo_distill.config import load_train_config
 from tests.cache.conftest import write_audio
+from tests.cache.test_lifecycle import kill_tree, start
 from tests.distill.test_stream import make_corpus, write_cache
 from tests.distill.test_trainer import CACHE, tiny_cfg
 
@@ -85,21 +89,46 @@ def test_slurm_example_defaults_are_the_paper_run(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_torchrun_example_trains_with_two_cpu_processes(tmp_path: Path):
+def test_torchrun_example_trains_with_two_cpu_processes_through_a_preemption(tmp_path: Path):
+    """SIGTERM to the whole job (torchrun forwards it to ranks that already have it): both ranks stop
+    at the same step with its checkpoint; the same command then finishes the run."""
     work = make_corpus(tmp_path / "data", n_clips=40, shard_size=4, dim=8)
     write_cache(work, "wide", 16, 4)
-    cfg = to_dict(tiny_cfg(work, tmp_path / "unused", epochs=1, checkpoint_every=100, mixup_alpha=0.0))
+    cfg = to_dict(tiny_cfg(work, tmp_path / "unused", epochs=2, checkpoint_every=100, mixup_alpha=0.0))
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("work", "out", "cache")}))
     run = tmp_path / "run"
     args = ["bash", str(EXAMPLES / "torchrun_train.sh"), str(work), CACHE, str(run)]
-    out = _run(args, tmp_path, NPROC="2", CONFIG=str(config), MANIFEST="random")
+    env = dict(NPROC="2", CONFIG=str(config), MANIFEST="random")
+    proc = start(args, env=_env(**env))
+    metrics = run / "metrics.jsonl"
+
+    def trained_a_few_steps() -> bool:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        return max((json.loads(x).get("step", 0) for x in lines), default=0) >= 4
+
+    try:
+        deadline = time.monotonic() + 300
+        while not trained_a_few_steps():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no training steps"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)  # what SLURM does on preemption
+        _, err = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode != 0
+    stops = re.findall(r"stopped by SIGTERM: checkpoint of step (\d+) of 10", err.decode())
+    assert len(stops) == 2 and stops[0] == stops[1], err.decode()[-3000:]  # both ranks, one step
+    assert [p.name for p in (run / "checkpoints").glob("step-*.pt")] == [f"step-{int(stops[0]):09d}.pt"]
+    out = _run(args, tmp_path, **env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((run / "result.json").read_text())
-    assert result["result"]["steps"] == 5 and result["identity"]["world_size"] == 2
+    assert result["result"]["steps"] == 10 and result["result"]["resumed_from"] == int(stops[0])
+    assert result["identity"]["world_size"] == 2
     model, meta = load_student(run / "student.pt", expect_student="mn04", expect_teacher_dim=8)
     assert meta["teacher_id"] == "tiny-000000000000"
-    assert out.stdout.count("5 steps") == 1  # one summary, from rank 0
+    assert out.stdout.count("10 steps") == 1  # one summary, from rank 0
 
 
 @pytest.fixture(scope="module")
