@@ -18,10 +18,13 @@ import pytest
 import torch
 import zarr
 
+from ssondo_cache import lifecycle
 from ssondo_cache.extract import extract
 from ssondo_cache.pack import pack
 from ssondo_cache.typed_config import to_dict
 from ssondo_distill.trainer import train
+from ssondo_eval.embedders import LogMelStatsEmbedder, TeacherEmbedder, embed_task
+from ssondo_eval.tasks.base import Task, TaskItem
 from tests.cache.conftest import tree_digest, write_audio
 from tests.cache.test_lifecycle import descendants, kill_tree, start, wait_gone
 from tests.distill.test_stream import make_corpus, write_cache
@@ -59,6 +62,7 @@ def _stopped(proc: subprocess.Popen, sig: signal.Signals, sent: float) -> str:
     assert len(lines) == 1 and f"stopped by {sig.name}" in lines[0] and "to resume" in lines[0], err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert wait_gone(kids, timeout=10.0) == []  # the workers went with it
+    print(f"{sig.name}: stopped {took:.1f} s after the signal")  # shown with pytest -s
     return lines[0]
 
 
@@ -77,13 +81,18 @@ def _arrays(cache: Path) -> dict[str, bytes]:
     return {name: g[name][:].tobytes() for name in ARRAYS}
 
 
+@pytest.fixture(scope="module")
+def reference(corpus: Path):
+    """One uninterrupted run (in place: the interrupted ones work on copies without the cache)."""
+    return extract(corpus, "py:tests.helpers.tiny_teacher:make", workers=0, **EXTRACT)
+
+
 EXTRACT = dict(ts=1, device="cpu", batch_size=8, progress=False, teacher_options={"dim": 8})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_extract_stops_cleanly_and_resumes_bit_identical(corpus: Path, tmp_path: Path, sig):
-    reference = extract(corpus, "py:tests.helpers.tiny_teacher:make", workers=0, **EXTRACT)
+def test_extract_stops_cleanly_and_resumes_bit_identical(corpus: Path, reference, tmp_path: Path, sig):
     work = tmp_path / "work"
     subprocess.run(["cp", "-r", str(corpus), str(work)], check=True)
     subprocess.run(["rm", "-rf", str(work / "cache")], check=True)
@@ -192,3 +201,25 @@ def test_train_checkpoints_the_current_step_and_resumes_bit_identical(train_work
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor)), "resume is not exact"
     assert np.isfinite(resumed.final_loss)
+
+
+# ---------------------------------------------------------------- eval
+@pytest.mark.parametrize("kind", ["log-mel", "teacher"])
+def test_eval_embedding_stops_between_clips_and_caches_nothing_partial(tmp_path: Path, kind: str):
+    items = [TaskItem(tmp_path / f"c{i}.wav", ("a",), "train") for i in range(3)]
+    for item in items:
+        write_audio(item.path, 0.5, 16000, seed=len(item.path.name))
+    task = Task("tiny", items, ["a"], False, 0.5)
+    embedder = (
+        LogMelStatsEmbedder()
+        if kind == "log-mel"
+        else TeacherEmbedder("py:tests.helpers.tiny_teacher:make", ts=0.25, dim=8)
+    )
+    with lifecycle.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the first clip is read
+        time.sleep(0.01)
+        with pytest.raises(lifecycle.Stopped, match="abandoned"):
+            embed_task(embedder, task, tmp_path / "emb", progress=False)
+    assert not list((tmp_path / "emb").rglob("*.npy"))
+    X, _ = embed_task(embedder, task, tmp_path / "emb", progress=False)  # no stop asked: it runs
+    assert X.shape[0] == 3 and list((tmp_path / "emb").rglob("*.npy"))
