@@ -188,6 +188,8 @@ def stop_on_signals() -> Iterator[None]:
 def until_stopped(results: Iterable[T]) -> Iterator[T]:
     """The items of ``results`` until a stop is requested. A multiprocessing pool's ``imap``
     iterator is polled every POLL_SECONDS, so a stop need not wait for the unit in flight."""
+    if stop_requested() is not None:  # before iter(): a DataLoader would start its workers
+        return
     poll = getattr(results, "next", None)  # multiprocessing.pool.IMapIterator.next(timeout)
     it = iter(results)
     while stop_requested() is None:

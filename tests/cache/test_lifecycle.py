@@ -90,8 +90,11 @@ def kill_parent_and_check(proc: subprocess.Popen) -> list[str]:
     """SIGKILL ``proc``; the command lines of its descendants still running GRACE s later."""
     children = descendants(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
+    t0 = time.monotonic()
     proc.wait()
-    return [f"{p}: {cmdline(p)}" for p in wait_gone(children)]
+    left = [f"{p}: {cmdline(p)}" for p in wait_gone(children)]
+    print(f"{len(children)} children, all gone {time.monotonic() - t0:.2f} s after the kill")  # pytest -s
+    return left
 
 
 # ---------------------------------------------------------------- the contexts themselves
