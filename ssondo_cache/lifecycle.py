@@ -61,19 +61,22 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _start_child(parent_pid: int) -> None:
+def _start_child(parent_pid: int, workers: bool) -> None:
     die_with_parent(parent_pid)
-    ignore_stop_signals()
+    if workers:
+        ignore_stop_signals()
 
 
 def _rebuild_in_child(cls: type, parent_pid: int) -> Any:
     """Unpickled first in a spawned child, before the process object's state (its target, args)."""
-    _start_child(parent_pid)
+    _start_child(parent_pid, cls._workers)
     return cls.__new__(cls)
 
 
 class _ChildProcess:
     """Mixed into a context's Process class: the guard runs first thing in the child."""
+
+    _workers = True  # a worker ignores the stop signals; a job (False) keeps them, to stop itself
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -83,41 +86,67 @@ class _ChildProcess:
         return (_rebuild_in_child, (type(self), self._ssondo_parent), self.__dict__)
 
     def run(self) -> None:
-        _start_child(self._ssondo_parent)  # fork: first thing in the child; spawn: a cheap repeat
+        _start_child(self._ssondo_parent, self._workers)  # fork: first thing in the child; spawn: a repeat
         super().run()
 
     def terminate(self) -> None:
-        self.kill()  # the child ignores SIGTERM
+        if self._workers:
+            self.kill()  # the child ignores SIGTERM
+        else:
+            super().terminate()
 
 
-class _SpawnChild(_ChildProcess, mpc.SpawnProcess):
+class _SpawnWorker(_ChildProcess, mpc.SpawnProcess):
     pass
 
 
-class _ForkChild(_ChildProcess, mpc.ForkProcess):
+class _ForkWorker(_ChildProcess, mpc.ForkProcess):
     pass
 
 
-class _SpawnContext(mpc.SpawnContext):
-    Process = _SpawnChild
+class _SpawnJob(_ChildProcess, mpc.SpawnProcess):
+    _workers = False
 
 
-class _ForkContext(mpc.ForkContext):
-    Process = _ForkChild
+class _ForkJob(_ChildProcess, mpc.ForkProcess):
+    _workers = False
 
 
-_CONTEXTS: dict[str, type[mpc.BaseContext]] = {"spawn": _SpawnContext, "fork": _ForkContext}
+class _SpawnWorkers(mpc.SpawnContext):
+    Process = _SpawnWorker
 
 
-def child_context(method: str | None = None) -> mpc.BaseContext:
+class _ForkWorkers(mpc.ForkContext):
+    Process = _ForkWorker
+
+
+class _SpawnJobs(mpc.SpawnContext):
+    Process = _SpawnJob
+
+
+class _ForkJobs(mpc.ForkContext):
+    Process = _ForkJob
+
+
+_CONTEXTS: dict[tuple[str, bool], type[mpc.BaseContext]] = {
+    ("spawn", True): _SpawnWorkers,
+    ("fork", True): _ForkWorkers,
+    ("spawn", False): _SpawnJobs,
+    ("fork", False): _ForkJobs,
+}
+
+
+def child_context(method: str | None = None, workers: bool = True) -> mpc.BaseContext:
     """A multiprocessing context (``spawn`` or ``fork``) whose children die with their parent.
     None: ``fork`` on Linux (what a DataLoader uses there by default), ``spawn`` elsewhere.
+    ``workers``: the children ignore the stop signals (module doc); False for children that are
+    long commands of their own (e.g. one training of a grid) and stop themselves on a signal.
     (``forkserver`` children are the server's, not ours: the parent check could not hold.)"""
     if method is None:
         method = "fork" if sys.platform.startswith("linux") else "spawn"
-    if method not in _CONTEXTS:
-        raise ValueError(f"child processes start by {' or '.join(_CONTEXTS)}, not {method!r}")
-    return _CONTEXTS[method]()
+    if (method, workers) not in _CONTEXTS:
+        raise ValueError(f"child processes start by spawn or fork, not {method!r}")
+    return _CONTEXTS[method, workers]()
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ from ssondo_cache.lifecycle import child_context
 if __name__ == "__main__":  # a spawned child imports this file again, as __mp_main__
     import slow_target
     os.environ["SLOW_IMPORT"] = os.environ["CHILD_SLOW_IMPORT"]  # spawned children import it again
-    ctx = child_context({method!r})
+    ctx = child_context({method!r}, workers={workers!r})
     if {pool!r}:
         pool = ctx.Pool(2)
         pool.map_async(slow_target.run, [1, 2])
@@ -124,10 +124,12 @@ def run(_):
 """
 
 
-def _parent(tmp_path: Path, method: str, pool: bool = False, slow_import: float = 0.0) -> subprocess.Popen:
+def _parent(
+    tmp_path: Path, method: str, pool: bool = False, slow_import: float = 0.0, workers: bool = True
+) -> subprocess.Popen:
     (tmp_path / "slow_target.py").write_text(SLOW_TARGET)
     script = tmp_path / "parent.py"
-    script.write_text(PARENT.format(helpers=str(tmp_path), method=method, pool=pool))
+    script.write_text(PARENT.format(helpers=str(tmp_path), method=method, pool=pool, workers=workers))
     return start([sys.executable, str(script)], env={"CHILD_SLOW_IMPORT": str(slow_import)})
 
 
@@ -146,12 +148,17 @@ def _worker(pid: int, match: str) -> bool:
     return "resource_tracker" not in line and match in line
 
 
+@pytest.mark.parametrize("workers", [True, False], ids=["workers", "jobs"])
 @pytest.mark.parametrize("method", ["spawn", "fork"])
-def test_children_die_with_their_parent(tmp_path: Path, method: str):
-    proc = _parent(tmp_path, method)
+def test_children_die_with_their_parent(tmp_path: Path, method: str, workers: bool):
+    proc = _parent(tmp_path, method, workers=workers)
     try:
-        _children_of(proc, 1)
+        kid = _children_of(proc, 1)[0]
         assert proc.stdout.readline() == b"started\n"
+        deadline = time.monotonic() + 30
+        while ignores(kid, signal.SIGUSR1) != workers:  # a job keeps its signals, to stop itself
+            assert time.monotonic() < deadline, "the child's guard did not run"
+            time.sleep(0.02)
         assert kill_parent_and_check(proc) == []
     finally:
         kill_tree(proc)
