@@ -10,17 +10,19 @@ the parent only after those imports, so a parent killed during a slow start-up u
 workers running for good. The resource tracker needs no care: it exits when the last process that
 holds its pipe (the parent and its children) is gone, after unlinking what they leaked.
 
-Children ignore SIGTERM, SIGINT and SIGUSR1: a batch system (SLURM) or a terminal sends those to
-every process of the job, and the parent decides when its workers end (``terminate()`` of these
-children sends SIGKILL; a DataLoader or a Pool otherwise ends them through their queues). A
+Workers (the default) ignore SIGTERM, SIGINT and SIGUSR1: a batch system (SLURM) or a terminal
+sends those to every process of the job, and the parent decides when its workers end
+(``terminate()`` of these children sends SIGKILL; a DataLoader or a Pool otherwise ends them through
+their queues; a worker killed under a DataLoader or a Pool would make the parent fail or hang). A
 DataLoader worker must re-ignore them after torch installs its own handlers: pass
-``worker_init_fn=WorkerInit(fn)``.
+``worker_init_fn=WorkerInit(fn)``. Children that are long commands of their own take
+``child_context(workers=False)``: they die with the parent but keep their signals.
 
 Stopping. Within ``stop_on_signals()`` the first SIGTERM, SIGINT or SIGUSR1 only records itself;
 long loops poll ``stop_requested()`` between units of work (a block, a step, a shard, a clip),
 leave every finished unit saved and raise ``Stopped`` saying what was saved. A second SIGINT stops
-the process at once (Ctrl-C twice); repeated SIGTERM / SIGUSR1 are ignored. Outside ``stop_on_signals()`` nothing is
-recorded: library calls behave as before.
+the process at once (Ctrl-C twice); a repeated SIGTERM or SIGUSR1 changes nothing. Outside
+``stop_on_signals()`` nothing is recorded: library calls behave as before.
 """
 
 from __future__ import annotations
