@@ -232,6 +232,17 @@ def test_report_tables_match_a_hand_computation(tmp_path):
     assert "| cosine **(best)** | 3 | 70.0 ± 24.8 |" in md  # the best setting, task a
     assert "Ranking: cosine > mse." in md and "FloatingPointError: nan" in md
     assert "Expected ranking mse > cosine: measured cosine > mse; not reproduced (mse > cosine: no)." in md
+    # the average's gain retention counts only the tasks where the teacher beats log-mel
+    ref = out / f"reference-{key}" / "ablate.json"
+    data = json.loads(ref.read_text())
+    data["baseline"]["log-mel stats"]["b"]["mean"] = 0.85  # now above the teacher's 0.8 on b
+    write_json(ref, data)
+    write_ablation_report(out)
+    cells = {(r["loss"], r["seed"], r["task"]): r for r in rows("cells")}
+    assert cells[("cosine", "2", "b")]["gain_retention"] == ""  # undefined there
+    assert float(cells[("cosine", "2", "average")]["gain_retention"]) == pytest.approx(
+        (0.8 - 0.4) / (0.9 - 0.4)
+    )
     for png in ("score-loss.png", "curves.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import pyarrow.parquet as pq
