@@ -198,6 +198,18 @@ def slug(axes: dict[str, Any]) -> str:
     return text[:80]
 
 
+def _check_names(cfg: dict[str, Any], grid_file: Path, axes: dict[str, Any]) -> None:
+    """A misspelt student or loss is refused now, not as a failed cell after a queue wait."""
+    from ssondo_distill.losses import LOSSES
+    from ssondo_distill.students import STUDENTS
+
+    for what, registry in (("student", STUDENTS), ("loss", LOSSES)):
+        if cfg[what] not in registry:
+            raise ConfigError(
+                f"{grid_file} cell {axes}: unknown {what} {cfg[what]!r}; known: {', '.join(registry.names())}"
+            )
+
+
 def expand(config: GridConfig, grid_file: Path) -> list[Cell]:
     """Every cell of the grid, in grid order (the last axis varies fastest)."""
     base = base_fields(config, grid_file)
@@ -209,6 +221,7 @@ def expand(config: GridConfig, grid_file: Path) -> list[Cell]:
         for k, v in axes.items():
             _set(fields, k, v)
         resolved = to_dict(from_dict(TrainConfig, fields, where=f"{grid_file} cell {axes}"))
+        _check_names(resolved, grid_file, axes)
         plain = json.loads(canonical({k: v for k, v in resolved.items() if k not in MANAGED}))
         key = short_hash(plain)
         s = slug(axes)

@@ -87,6 +87,7 @@ def test_dotted_axes_and_base_file(tmp_path):
         ({"axes": {"lr": [0.001, 0.0010]}}, "same config"),
         ({"eval": {"tasks": []}}, "eval.tasks"),
         ({"base": "nowhere.yaml"}, "not found"),
+        ({"axes": {"student": ["mn04", "mn0.4"]}}, "unknown student 'mn0.4'"),
     ],
 )
 def test_bad_grids_are_refused_naming_the_file(tmp_path, over, match):

@@ -84,19 +84,24 @@ def launches(out: Path) -> list[dict]:
 
 
 def test_failed_cell_recorded_grid_goes_on_finished_cell_skipped(space, tmp_path):
-    grid = grid_file(
-        space, tmp_path / "g.yaml", {"student": ["nosuch", "mn04"]}, epochs=1, manifest="balanced-k4"
-    )
+    # cluster_contrastive on a uniform manifest is refused by the trainer: a failure only training finds
+    grid = grid_file(space, tmp_path / "g.yaml", {}, epochs=1, mixup_alpha=0.0)
+    data = yaml.safe_load(grid.read_text())
+    data["zip"] = [{"loss": ["cluster_contrastive", "cosine"], "manifest": ["random", "balanced-k4"]}]
+    grid.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
     first = run_grid(grid, out, progress=False)
     assert (space / "work" / "manifests" / "balanced-k4.parquet").is_file()  # made as `ssondo cluster -k 4`
-    bad, good = status(out, "student-nosuch"), status(out, "student-mn04")
-    assert bad["status"] == "failed" and "nosuch" in bad["error"] and Path(bad["traceback"]).is_file()
+    bad, good = (
+        status(out, "loss-cluster-contrastive_manifest-random"),
+        status(out, "loss-cosine_manifest-balanced-k4"),
+    )
+    assert bad["status"] == "failed" and "needs clusters" in bad["error"] and Path(bad["traceback"]).is_file()
     assert good["status"] == "done" and set(good["scores"]) == {"tones"}  # the grid went on
-    assert first.failed == [next((out / "runs").glob("student-nosuch-*")).name]
+    assert first.failed == [next((out / "runs").glob("loss-cluster-contrastive_*")).name]
     md = (out / "report" / "ablation.md").read_text()
-    assert "1 of 2 cells done" in md and "nosuch" in md
-    (good_run,) = (out / "runs").glob("student-mn04-*")
+    assert "1 of 2 cells done" in md and "needs clusters" in md
+    (good_run,) = (out / "runs").glob("loss-cosine_*")
     stamp = (good_run / "student.pt").stat().st_mtime_ns, (good_run / "ablate.json").read_text()
     again = run_grid(grid, out, progress=False)
     assert good_run.name in again.skipped and "reference" in again.skipped
