@@ -20,10 +20,10 @@ import click
     type=click.Choice(["full", "small", "large"]),
     default="full",
     show_default=True,
-    help="full: ~1,100 clips (the demo); small: ~250 clips (the end-to-end test); large: ~16 h, "
-    "~11,000 clips of at most 10 s from 24 packages (game music and effects, sample libraries, MIDI "
-    "songs rendered; ~2 GB of downloads, ~6 GB written) with three more tasks: percussion, game_music "
-    "and a larger instrument_family.",
+    help="full: ~1,100 clips (the demo); small: ~250 clips (the end-to-end test); large: ~19 h, "
+    "~12,000 clips of at most 10 s from 24 packages (game music and effects, sample libraries, MIDI "
+    "songs rendered; ~2 GB of downloads, ~5 GB written) with four more tasks: percussion, "
+    "phrase_family, game_music, unit_sound, and a larger instrument_family.",
 )
 @click.option(
     "--cache-dir",

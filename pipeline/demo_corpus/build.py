@@ -8,6 +8,7 @@ DIR/
   audio/percussion/{fluidr3,timgm6mb}/<kind>/kNNN-nNNN-vNNN.wav       32 kHz GM drum-kit hits
   audio/packages/<source>/<file>[-wNNN].wav                           game music (10 s windows), effects
   audio/midi/{fluidr3,timgm6mb}/<song>-wNNN.wav                       OpenMSX songs rendered, 10 s windows
+  audio/phrases/{fluidr3,timgm6mb}/<family>/<song>-cNN-wNNN.wav         one channel of a song played alone
   manifests/demo/{all,distill,sources,<task>}.csv                     see tasks.py for columns
   README.md (sizes, licences, what is missing), corpus.json (the DemoCorpus, + build time)
 
@@ -137,7 +138,7 @@ def build_demo_corpus(
     _plan_sonic_pi(spec, roots, planned, pools)
     if spec.packages:
         corpus.skipped_clips += large.plan_packages(roots, planned, pools, corpus.problems)
-        large.plan_midi(roots, fonts, planned)
+        large.plan_midi(roots, fonts, planned, pools)
 
     written = _write_audio(out, planned, corpus, progress)
     for clip, _ in sum((pools.get(p, []) for p in ("fluid", "timgm", "fluid_drums", "timgm_drums")), []):
@@ -173,6 +174,22 @@ def build_demo_corpus(
         )
     if spec.packages:
         built.append(tasks.game_music_task(keep(pools["game_music"])))
+        built.append(
+            tasks.phrase_family_task(keep(pools["fluidr3_phrases"]), keep(pools["timgm6mb_phrases"]))
+            if "fluidr3_phrases" in pools
+            else tasks.Task(
+                "phrase_family", "", skipped=f"needs {FLUID_PACKAGE} and {large.midi.OPENMSX_PACKAGE}"
+            )
+        )
+        built.append(
+            tasks.unit_sound_task(keep(pools["unit_sound"]))
+            if pools["unit_sound"]
+            else tasks.Task(
+                "unit_sound",
+                "",
+                skipped=f"needs the {large.UNIT_SOUNDS} source: {large.unit_sounds_package()}",
+            )
+        )
     _write_manifests(out, [c for c, _ in planned if c.rel in written], built, corpus, spec.distill_excludes)
     for task in built:
         if task.skipped:

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.demo_corpus import midi, packages, recordings, tasks
 
 Maker = Callable[[], tuple[np.ndarray, int] | None]
+UNIT_SOUNDS = "megaglest"  # the source whose unit sounds make the unit_sound task
 
 
 def source_packages() -> list[str]:
@@ -21,10 +22,15 @@ def source_packages() -> list[str]:
     return [s.package for s in packages.SOURCES] + [midi.OPENMSX_PACKAGE]
 
 
+def unit_sounds_package() -> str:
+    return next(s.package for s in packages.SOURCES if s.name == UNIT_SOUNDS)
+
+
 def plan_packages(
     roots: dict[str, Path], planned: list[tuple[tasks.Clip, Maker]], pools: dict, problems: list[str]
 ) -> list[str]:
-    """Plan every available PackageSource; pools["game_music"] gets (clip, game, split).
+    """Plan every available PackageSource; pools["game_music"] gets (clip, game, split) and
+    pools["unit_sound"] (clip, role, unit) for the MegaGlest unit sounds.
 
     Returns the files soundfile could not read (left out, named in the README).
     """
@@ -40,7 +46,7 @@ def plan_packages(
             continue
         unreadable += bad
     splits = tasks.game_track_splits({name: [f.stem for f in fs if f.is_track] for name, fs in found.items()})
-    pools["game_music"] = []
+    pools["game_music"], pools["unit_sound"] = [], []
     reader = packages.TrackReader()
     for source in packages.SOURCES:
         root = roots.get(source.package)
@@ -63,25 +69,50 @@ def plan_packages(
                 planned.append((clip, reader.window(f, i)))
                 if split in ("test", "valid") or i in lent:
                     pools["game_music"].append((clip, source.name, split))
+                if source.name == UNIT_SOUNDS and (unit := tasks.unit_sound(f.stem)) is not None:
+                    pools["unit_sound"].append((clip, unit[1], unit[0]))
     return unreadable
 
 
 def plan_midi(
-    roots: dict[str, Path], fonts: list[tuple[str, Path, str]], planned: list[tuple[tasks.Clip, Maker]]
+    roots: dict[str, Path],
+    fonts: list[tuple[str, Path, str]],
+    planned: list[tuple[tasks.Clip, Maker]],
+    pools: dict,
 ) -> None:
-    """Every OpenMSX song through every soundfont of `fonts` (folder, sf2, its licence): unlabelled."""
+    """Every OpenMSX song through every soundfont of `fonts` (folder, sf2, its licence): unlabelled.
+
+    Also one instrument's part played alone (midi.parts): pools["<folder>_phrases"] gets
+    (clip, family); a song's parts are rendered through one soundfont only (tasks.phrase_font).
+    """
     if midi.OPENMSX_PACKAGE not in roots:
         return
     root = roots[midi.OPENMSX_PACKAGE]
     songs = midi.songs(root)
+    parts = midi.parts(songs)
     for folder, sf2, font_licence in fonts:
         renderer = midi.SongRenderer(sf2)
+        licence = f"{midi.OPENMSX_LICENCE}; soundfont {font_licence}"
+        pools[f"{folder}_phrases"] = []
+        for part in parts:
+            if tasks.phrase_font(part.song.stem) != folder:
+                continue
+            for i in part.windows:
+                clip = tasks.Clip(
+                    f"audio/phrases/{folder}/{part.family.label}/{part.song.stem}-c{part.channel:02d}-w{i:03d}.wav",
+                    midi.OPENMSX_PACKAGE,
+                    f"/{part.song.path.relative_to(root).as_posix()} channel {part.channel} alone "
+                    f"(program {part.program}) through {sf2.name}, window {i}",
+                    licence,
+                )
+                planned.append((clip, renderer.window(part.song, i, part.channel)))
+                pools[f"{folder}_phrases"].append((clip, part.family.label))
         for song in songs:
             for i in range(song.windows):
                 clip = tasks.Clip(
                     f"audio/midi/{folder}/{song.stem}-w{i:03d}.wav",
                     midi.OPENMSX_PACKAGE,
                     f"/{song.path.relative_to(root).as_posix()} through {sf2.name}, window {i}",
-                    f"{midi.OPENMSX_LICENCE}; soundfont {font_licence}",
+                    licence,
                 )
                 planned.append((clip, renderer.window(song, i)))

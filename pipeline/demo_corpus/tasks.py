@@ -102,6 +102,33 @@ def percussion_task(
     )
 
 
+PHRASE_TEST_FONT, PHRASE_TRAIN_FONT = "timgm6mb", "fluidr3"
+
+
+def phrase_font(song: str, seed: int = SEED) -> str:
+    """Which soundfont plays a song's solo parts: half the songs (by hash) test on TimGM6mb."""
+    digest = hashlib.sha256(f"{seed}:phrase:{song}".encode()).digest()
+    return PHRASE_TEST_FONT if digest[0] % 2 else PHRASE_TRAIN_FONT
+
+
+def phrase_family_task(
+    train_pool: list[tuple[Clip, str]], test_pool: list[tuple[Clip, str]], valid_fraction: float = 0.2
+) -> Task:
+    """The GM family of one instrument's part of a MIDI song, played alone, across soundfonts and songs."""
+    shared = {label for _, label in train_pool} & {label for _, label in test_pool}
+    train_pool = [(c, label) for c, label in train_pool if label in shared]  # a family only one
+    test_pool = [(c, label) for c, label in test_pool if label in shared]  # half of the songs plays
+    return cross_soundfont_task(
+        "phrase_family",
+        "General MIDI instrument family of one instrument's part of an OpenMSX song played alone "
+        "(10 s phrases: many pitches, velocities and durations); train/valid on FluidR3_GM renders of "
+        "half the songs, test on TimGM6mb renders of the other half (neither soundfont nor song shared)",
+        train_pool,
+        test_pool,
+        valid_fraction,
+    )
+
+
 def cross_soundfont_task(
     name: str,
     description: str,
@@ -141,6 +168,49 @@ def game_track_splits(tracks: dict[str, list[str]], seed: int = SEED) -> dict[tu
         splits = [split for split, n in GAME_TRACKS.items() for _ in range(n)]
         out.update({(game, track): split for track, split in zip(ordered, splits, strict=False)})
     return out
+
+
+UNIT_ROLES = {"attack": "attack", "ack": "voice", "select": "voice", "die": "death"}
+UNIT_SPLIT = {"test": 0.4, "valid": 0.15}  # shares of the clips, whole units at a time; the rest train
+
+
+def unit_sound(stem: str) -> tuple[str, str] | None:
+    """A MegaGlest sound file's (unit, role), or None for other sounds (walk, fly, hit...).
+
+    megapack_factions_romans_units_gladiator_sounds_guard_attack5 -> (romans_gladiator, attack);
+    megapack_commondata_sounds_swordman_die2 -> (common_swordman, death).
+    """
+    parts = stem.split("_")
+    if "sounds" not in parts or len(parts) < 4:
+        return None
+    role = UNIT_ROLES.get(parts[-1].rstrip("0123456789"))
+    if role is None:
+        return None
+    at = parts.index("sounds")
+    if parts[1] == "factions" and parts[3:4] == ["units"]:
+        return f"{parts[2]}_{'_'.join(parts[4:at])}", role
+    return "common_" + "_".join(parts[at + 1 : -1]), role
+
+
+def unit_sound_task(pool: list[tuple[Clip, str, str]], seed: int = SEED) -> Task:
+    """pool: (clip, role, unit): attack, death or voice line of a unit; split by unit, never by clip."""
+    task = Task(
+        "unit_sound",
+        "what a strategy-game unit's sound is (attack, death, voice line), MegaGlest; split by unit "
+        f"(about {UNIT_SPLIT['test']:.0%} of the clips test, {UNIT_SPLIT['valid']:.0%} valid, whole units)",
+    )
+    units: dict[str, int] = defaultdict(int)
+    for _, _, unit in pool:
+        units[unit] += 1
+    split_of, seen = {}, 0
+    for unit in sorted(units, key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()):
+        share = seen / max(1, len(pool))
+        split_of[unit] = (
+            "test" if share < UNIT_SPLIT["test"] else "valid" if share < sum(UNIT_SPLIT.values()) else "train"
+        )
+        seen += units[unit]
+    task.rows = [(clip, role, split_of[unit]) for clip, role, unit in pool]
+    return _sorted(task)
 
 
 def game_music_task(pool: list[tuple[Clip, str, str]]) -> Task:
