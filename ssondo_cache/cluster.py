@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +18,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from ssondo_cache.atomic import write_text
 from ssondo_cache.cluster_report import (
-    metric_sample_indices,
     primary_labels,
     sweep_table,
     write_report,
 )
-from ssondo_cache.kmeans import ClusterInputError, faiss_device, kmeans, nonfinite_rows
+from ssondo_cache.cluster_stream import Fitted, Points, assign_all, fit_sample, scan_points
+from ssondo_cache.kmeans import ClusterInputError, default_sample, faiss_device, l2_normalize_
 from ssondo_cache.manifests import META_KEY, read_clips, write_table
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.workspace import Workspace
@@ -149,39 +149,31 @@ def manifest_path(work: str | Path, k: int, level: str = "clip") -> Path:
     return path if level == "clip" else path.with_name(f"{path.stem}-{level}.parquet")
 
 
-def _cluster_one(
-    X: np.ndarray,
-    rows: np.ndarray,
-    windows: np.ndarray,
-    k: int,
-    path: Path,
-    base: dict,
-    ids: dict,
-    opts: dict,
-    metric_sample: int,
-    progress: bool,
+def _write_one(
+    fit: Fitted, points: Points, k: int, path: Path, base: dict, ids: dict, progress: bool
 ) -> ClusterOutcome:
-    """Cluster X for one k, then write centroids, metrics, PNGs and, last, the manifest."""
-    res = kmeans(X, k, copy=False, progress=progress, **opts)
-    meta = {**base, "k": k, "inertia": res.inertia, "n_iter": res.n_iter, "device": res.device,
-            "train_points": res.train_points, "init_points": res.init_points, "n_points": len(X),
+    """Write centroids, metrics and PNGs of one k, then, last, its manifest."""
+    meta = {**base, "k": k, "inertia": fit.inertia, "n_iter": len(fit.objective), "device": fit.device,
+            "train_points": fit.train_points, "init_points": fit.init_points, "n_points": len(points.rows),
             "code_version": code_version(), "created": now_iso()}  # fmt: skip
     files = sidecar_paths(path)
-    idx = metric_sample_indices(len(X), metric_sample, opts["seed"])
-    classes = None if ids["classes"] is None else ids["classes"][rows]
-    extra = {"n_iter": res.n_iter, "seconds": res.seconds, "device": res.device, "objective": res.objective,
-             "manifest": path.name, **{key: meta[key] for key in base}}  # fmt: skip
+    classes = None if ids["classes"] is None else ids["classes"][points.rows]
+    extra = {"n_iter": len(fit.objective), "seconds": fit.seconds, "device": fit.device,
+             "objective": fit.objective, "manifest": path.name, **{key: meta[key] for key in base}}  # fmt: skip
     title = f"{meta['cache']}  k={k}  {base['level']}{'  normalized' if base['normalize'] else ''}"
-    metrics = write_report(files, X, res.labels, res.centroids, res.inertia, idx, classes, extra, title)
+    metrics = write_report(files, points.metric_x, fit.labels, fit.centroids, fit.inertia,
+                           points.metric_idx, classes, extra, title)  # fmt: skip
     table = sampling_table(
-        ids["key"][rows], rows, ids["shard"][rows], res.labels, res.distances,
-        balanced_weights(res.labels, k), meta,
-        extra={"window": windows} if base["level"] == "window" else None,
+        ids["key"][points.rows], points.rows, ids["shard"][points.rows], fit.labels,
+        np.sqrt(fit.d2).astype(np.float32), balanced_weights(fit.labels, k), meta,
+        extra={"window": points.windows} if base["level"] == "window" else None,
     )  # fmt: skip
     write_table(path, table)  # last: its presence means the whole set is there
-    log.info("wrote %s (k=%d, %d iterations, %.1f s on %s)", path, k, res.n_iter, res.seconds, res.device)
+    log.info(
+        "wrote %s (k=%d, %d iterations, %.1f s on %s)", path, k, len(fit.objective), fit.seconds, fit.device
+    )
     return ClusterOutcome(
-        k, path, files, metrics, False, res.device, res.device_reason, res.n_iter, res.seconds
+        k, path, files, metrics, False, fit.device, fit.device_reason, len(fit.objective), fit.seconds
     )
 
 
@@ -245,45 +237,6 @@ def _already_done(path: Path, params: dict, need: list[Path], force: bool) -> bo
     return False
 
 
-def load_embeddings(
-    store: Any, level: str, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All clip (or valid window) embeddings as float32, read one block per tar shard.
-
-    -> X (P, D) float32, row (P,) int64 clip row of each point, window (P,) int32 (-1 at clip level).
-    Raises ClusterInputError naming the count of rows holding NaN/Inf.
-    """
-    if level not in ("clip", "window"):
-        raise ClusterInputError(f"unknown level {level!r}: use clip or window")
-    n, d = store.n_rows, store.embed_dim
-    X = np.empty((n, d), np.float32) if level == "clip" else None
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    bad = 0
-    for s in tqdm(range(store.n_shards), desc="read embeddings", unit="shard", disable=not progress):
-        a, b = store.shard_rows(s)
-        if b <= a:
-            continue
-        if level == "clip":
-            X[a:b] = store.read_clip(a, b)  # (b-a, D)
-            bad += nonfinite_rows(X[a:b])
-        else:
-            emb, n_win = store.read_windows(a, b)  # (b-a, W_max, D), (b-a,)
-            valid = np.arange(emb.shape[1])[None, :] < np.asarray(n_win)[:, None]  # (b-a, W_max)
-            r, w = np.nonzero(valid)
-            pts = emb[r, w]  # (p, D)
-            bad += nonfinite_rows(pts)
-            parts.append((np.ascontiguousarray(pts, np.float32), r.astype(np.int64) + a, w.astype(np.int32)))
-    if bad:
-        raise ClusterInputError(
-            f"{bad} {level} embeddings contain NaN or Inf in cache {store.path}; nothing was written"
-        )
-    if level == "clip":
-        return X, np.arange(n, dtype=np.int64), np.full(n, -1, np.int32)
-    if not parts:
-        return np.empty((0, d), np.float32), np.empty(0, np.int64), np.empty(0, np.int32)
-    return tuple(np.concatenate(c) for c in zip(*parts, strict=True))  # type: ignore[return-value]
-
-
 def cluster_cache(
     work: str | Path,
     cache_name: str,
@@ -303,6 +256,11 @@ def cluster_cache(
     progress: bool = True,
 ) -> ClusterSummary:
     """Cluster a complete cache for each k and write WORK/manifests/balanced-k{K}.parquet (+ sidecars).
+
+    Memory stays bounded: the cache is read twice, one tar shard at a time. The first pass keeps only the
+    training sample (`sample` points; None: kmeans.default_sample(k, D); 0: every point, N x D float32)
+    and the metric sample; k-means trains on it; the second pass labels every point in tiles. The labels
+    equal kmeans(X, k, seed, sample=...) on the whole array, to the bit.
 
     Every input is checked before anything is written; each file is written under a temporary name and
     renamed, the manifest last, so an interrupted run leaves no manifest and re-running resumes. A k
@@ -332,21 +290,29 @@ def cluster_cache(
     ]
     if random_baseline:  # refuse a conflicting random manifest now, not after the balanced ones are written
         _already_done(Workspace(work).random_manifest, _random_params(store, seed), [], force)
-    X = rows = windows = None
-    if todo:
-        X, rows, windows = load_embeddings(store, level, progress)
-        if max(todo) > len(X):
-            raise ClusterInputError(
-                f"k={max(todo)} is larger than the number of {level} embeddings ({len(X)})"
-            )
     ids = {
         "key": np.asarray(clips["key"].to_numpy(zero_copy_only=False), dtype=object),
         "shard": clips["shard"].to_numpy(),
         "classes": primary_labels(clips["labels"].to_pylist()) if "labels" in clips.column_names else None,
     }
+    fits: dict[int, Fitted] = {}
+    points = None
+    if todo:
+        d = store.embed_dim
+        sizes = [max(default_sample(kk, d) if sample is None else sample, kk) for kk in todo]
+        train_size = sys.maxsize if sample == 0 else max(sizes)
+        points = scan_points(store, level, train_size, seed, metric_sample, progress)
+        if max(todo) > len(points.rows):
+            raise ClusterInputError(
+                f"k={max(todo)} is larger than the number of {level} embeddings ({len(points.rows)})"
+            )
+        if normalize:
+            l2_normalize_(points.metric_x)
+        opts = {"max_iter": max_iter, "tol": tol, "init_sample": init_sample, "n_init": n_init}
+        fits = {kk: fit_sample(points, kk, sample, seed, normalize, device, opts, progress) for kk in todo}
+        points.train = None  # the training sample is no longer needed: free it before the second pass
+        assign_all(store, level, list(fits.values()), normalize, progress)
 
-    opts = {"seed": seed, "normalize": normalize, "sample": sample, "device": device, "max_iter": max_iter,
-            "tol": tol, "init_sample": init_sample, "n_init": n_init}  # fmt: skip
     outcomes = []
     for kk in ks:
         path = manifest_path(work, kk, level)
@@ -356,7 +322,7 @@ def cluster_cache(
             outcomes.append(ClusterOutcome(kk, path, files, metrics, skipped=True))
             log.info("%s already made with these settings: nothing to do", path)
             continue
-        outcomes.append(_cluster_one(X, rows, windows, kk, path, base, ids, opts, metric_sample, progress))
+        outcomes.append(_write_one(fits[kk], points, kk, path, base, ids, progress))
 
     summary = ClusterSummary(outcomes)
     if len(ks) > 1:

@@ -13,13 +13,14 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ssondo_cache.atomic import atomic_path, write_json
+from ssondo_cache.kmeans import sample_indices
 
 
 def metric_sample_indices(n: int, size: int, seed: int) -> np.ndarray:
-    """The fixed sample (sorted indices) the pairwise metrics and the projection plot use."""
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    """The fixed sample (sorted indices) the pairwise metrics and the projection plot use: kmeans'
+    sample_indices rule with a fresh generator of `seed` (what cluster_cache picks from its stream)."""
+    idx = sample_indices(n, size, np.random.default_rng(seed))
+    return np.arange(n) if idx is None else idx
 
 
 def primary_labels(labels: list[list[str] | None]) -> np.ndarray:
@@ -28,7 +29,7 @@ def primary_labels(labels: list[list[str] | None]) -> np.ndarray:
 
 
 def cluster_metrics(
-    X: np.ndarray,
+    xs: np.ndarray,
     labels: np.ndarray,
     k: int,
     inertia: float,
@@ -37,8 +38,8 @@ def cluster_metrics(
 ) -> dict[str, Any]:
     """Metrics of one clustering.
 
-    X (N, D) float32: the points as clustered (normalised when spherical); labels (N,) int cluster ids;
-    sample: indices for the pairwise metrics; classes (N,) object: a true class per point or None (NMI/ARI
+    xs (m, D) float32: the points at `sample` as clustered (normalised when spherical); labels (N,) int
+    cluster ids of all N points; sample (m,): the indices of xs, for the pairwise metrics; classes (N,) object: a true class per point or None (NMI/ARI
     use the points that have one).
     """
     sizes = np.bincount(labels, minlength=k)
@@ -55,7 +56,7 @@ def cluster_metrics(
         },
         "metric_sample": int(len(sample)),
     }
-    xs, ls = X[sample], labels[sample]
+    ls = labels[sample]
     if len(np.unique(ls)) >= 2 and len(np.unique(ls)) < len(ls):
         out["silhouette"] = float(skm.silhouette_score(xs, ls))
         out["calinski_harabasz"] = float(skm.calinski_harabasz_score(xs, ls))
@@ -135,7 +136,7 @@ def plot_projection(
 
 def write_report(
     files: dict[str, Path],
-    X: np.ndarray,
+    xs: np.ndarray,
     labels: np.ndarray,
     centroids: np.ndarray,
     inertia: float,
@@ -144,14 +145,15 @@ def write_report(
     extra: dict,
     title: str,
 ) -> dict:
-    """Write centroids.npy, metrics.json and the two PNGs (each atomically) -> the metrics dict."""
+    """Write centroids.npy, metrics.json and the two PNGs (each atomically) -> the metrics dict.
+    xs (m, D): the points at `sample` (indices into labels), as clustered."""
     k = len(centroids)
     with atomic_path(files["centroids"]) as tmp, open(tmp, "wb") as f:
         np.save(f, centroids)
-    metrics = {**cluster_metrics(X, labels, k, inertia, sample, classes), **extra}
+    metrics = {**cluster_metrics(xs, labels, k, inertia, sample, classes), **extra}
     write_json(files["metrics"], metrics)
     plot_cluster_sizes(np.bincount(labels, minlength=k), files["sizes_png"], title=f"cluster sizes: {title}")
-    plot_projection(X[sample], labels[sample], centroids, files["projection_png"], title=f"PCA: {title}")
+    plot_projection(xs, labels[sample], centroids, files["projection_png"], title=f"PCA: {title}")
     return metrics
 
 

@@ -1,17 +1,24 @@
-"""FAISS k-means on a float32 point array: greedy k-means++ seeding, Lloyd iterations, nearest-centroid
-assignment. Knows nothing about caches or manifests (ssondo_cache/cluster.py builds those on top).
+"""FAISS k-means on float32 points: greedy k-means++ seeding, Lloyd iterations on a training sample,
+nearest-centroid assignment of every point in fixed tiles. Knows nothing about caches or manifests
+(ssondo_cache/cluster.py streams a cache through `train` and `TiledAssigner`).
 
 Choices that are deliberate, not accidents:
-- Lloyd iterations run on ALL points (or on `sample` of them when asked): FAISS subsamples to 256 points
-  per centroid by default, so `max_points_per_centroid` is set to the training-set size.
+- Lloyd iterations run on a random training sample (default_sample: SAMPLE_PER_CENTROID points per
+  centroid, at most SAMPLE_BYTES of float32), then every point is assigned. Sampling error adds about
+  1 / (points per centroid) to the inertia (a centroid is the mean of its training points); the default is
+  the measured point where the inertia on ALL points stays within 0.2 % of training on all of them
+  (benchmarks/cluster.py --sample-sweep). FAISS itself would subsample to 256 points per centroid:
+  `max_points_per_centroid` is set to the training-set size so the sample is ours, not FAISS's.
 - Seeding is greedy k-means++ (the variant scikit-learn uses: 2 + ln k candidates per step, keep the one
   that lowers the potential most), vectorised with one GEMM per step. FAISS 1.15's own k-means++ is a
   plain single-threaded D^2 sampler over every point. Seeding runs on a fixed random subset of
-  `init_sample` points (default max(20000, 100 k)) because each step reads every seeding point once.
-  `n_init` (default 4) seedings each get Lloyd iterations on that subset; the one with the lowest inertia
-  there is refined on all points (cheap restarts: one k-means++ run alone often lands in a worse optimum
+  max(INIT_MIN, INIT_PER_CENTROID k) training points because each step reads every seeding point once.
+  `n_init` seedings each get Lloyd iterations on that subset; the one with the lowest inertia there is
+  refined on the training sample (cheap restarts: one k-means++ run alone often lands in a worse optimum
   than MiniBatchKMeans' best-of-10).
 - Iterations stop when the objective improves by less than `tol` (relative), at most `max_iter`.
+- Assignment searches tiles of ASSIGN_TILE consecutive points whatever blocks they arrive in, so a
+  cache streamed one tar shard at a time is labelled exactly as the whole array at once.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ from tqdm.auto import tqdm
 from ssondo_cache.devices import pick_device
 
 log = logging.getLogger(__name__)
+
+SAMPLE_PER_CENTROID = 512  # training points per centroid by default (measured: see the module docstring)
+SAMPLE_MIN_PER_CENTROID = 256  # the byte cap never cuts below this
+SAMPLE_BYTES = 1 << 30  # the default training sample holds at most this much float32 (1 GiB)
+INIT_MIN, INIT_PER_CENTROID = 20_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points
+N_INIT = 4  # seedings tried on the seeding subset
+ASSIGN_TILE = 4096  # points per assignment search (a (4096, 3840) float32 tile is 63 MB)
 
 
 class ClusterInputError(ValueError):
@@ -144,72 +158,162 @@ def _lloyd(
     return centroids, objective
 
 
+class TiledAssigner:
+    """Nearest centroid (L2) of points fed in blocks of any size: (labels (N,) int32, squared distances
+    (N,) float32) in the order fed.
+
+    Points are searched in tiles of exactly `tile` consecutive points (the last one shorter), whatever the
+    blocks they came in: every point meets the same BLAS call with the same neighbours, so feeding one
+    block per tar shard gives the labels and distances of feeding all points at once, to the bit.
+    """
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        device: str = "cpu",
+        index: faiss.Index | None = None,
+        tile: int = ASSIGN_TILE,
+    ) -> None:
+        k, d = centroids.shape
+        self.index = _flat_index(d, device) if index is None else index
+        self.index.reset()
+        self.index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        self.tile = tile
+        self.buf = np.empty((tile, d), np.float32)  # (tile, D) the points not yet searched
+        self.fill = 0
+        self.labels: list[np.ndarray] = []
+        self.d2: list[np.ndarray] = []
+
+    def _search(self, X: np.ndarray) -> None:
+        d2, idx = self.index.search(X, 1)
+        self.labels.append(idx[:, 0].astype(np.int32))
+        self.d2.append(np.maximum(d2[:, 0], 0.0))
+
+    def add(self, X: np.ndarray) -> None:
+        """Feed the next points, X (m, D) float32."""
+        a = 0
+        if self.fill:  # complete the pending tile first
+            a = min(len(X), self.tile - self.fill)
+            self.buf[self.fill : self.fill + a] = X[:a]
+            self.fill += a
+            if self.fill < self.tile:
+                return
+            self._search(self.buf)
+            self.fill = 0
+        whole = a + (len(X) - a) // self.tile * self.tile
+        for b in range(a, whole, self.tile):  # whole tiles straight from X (no copy)
+            self._search(np.ascontiguousarray(X[b : b + self.tile]))
+        rest = len(X) - whole
+        self.buf[:rest] = X[whole:]
+        self.fill = rest
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Search the last, short tile -> (labels (N,) int32, squared distances (N,) float32)."""
+        if self.fill:
+            self._search(self.buf[: self.fill])
+            self.fill = 0
+        if not self.labels:
+            return np.empty(0, np.int32), np.empty(0, np.float32)
+        self.labels, self.d2 = [np.concatenate(self.labels)], [np.concatenate(self.d2)]
+        return self.labels[0], self.d2[0]
+
+
 def assign(
     X: np.ndarray, centroids: np.ndarray, device: str = "cpu", index: faiss.Index | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (L2) of every row: (labels (N,) int32, squared distances (N,) float32).
-    `index`: an L2 flat index to reuse (emptied first), else a new one on `device`."""
-    index = _flat_index(X.shape[1], device) if index is None else index
-    index.reset()
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    d2, idx = index.search(X, 1)
-    return idx[:, 0].astype(np.int32), np.maximum(d2[:, 0], 0.0)
+    """Nearest centroid (L2) of every row: (labels (N,) int32, squared distances (N,) float32), the same
+    to the bit as streaming X through a TiledAssigner. `index`: an L2 flat index to reuse (emptied first)."""
+    tiles = TiledAssigner(centroids, device, index)
+    tiles.add(X)
+    return tiles.result()
 
 
-def kmeans(
-    X: np.ndarray,
+def default_sample(k: int, d: int) -> int:
+    """Training points when none are given: SAMPLE_PER_CENTROID per centroid, at most SAMPLE_BYTES of
+    float32 (a floor of SAMPLE_MIN_PER_CENTROID per centroid wins over the byte cap)."""
+    cap = SAMPLE_BYTES // (4 * d)
+    return max(min(SAMPLE_PER_CENTROID * k, cap), SAMPLE_MIN_PER_CENTROID * k)
+
+
+def sample_indices(n: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted indices of the `size` points of smallest key among n, keys = rng.random(n) (one draw per
+    point, always taken), or None when size >= n (all points). StreamSample picks the same points from a
+    stream; with one seed a smaller sample is a subset of a larger one."""
+    keys = rng.random(n)  # (n,)
+    return None if size >= n else np.sort(np.argpartition(keys, size - 1)[:size])
+
+
+class StreamSample:
+    """sample_indices' points, picked from points fed in blocks (one rng.random draw per point, in the
+    order fed) while holding at most 2.5 `size` of them (pruned back to `size` when 1.5 `size` pile up)."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size, self.rng = size, rng
+        self.seen = 0  # points fed so far
+        self.threshold = np.inf  # keys at or above it can no longer be among the `size` smallest
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (keys, positions, points)
+        self.held = 0
+
+    def add(self, X: np.ndarray) -> None:
+        """Feed the next points, X (m, D) float32."""
+        keys = self.rng.random(len(X))  # (m,)
+        keep = np.flatnonzero(keys < self.threshold)
+        if len(keep):
+            self.parts.append((keys[keep], keep + self.seen, X[keep].astype(np.float32, copy=True)))
+            self.held += len(keep)
+        self.seen += len(X)
+        if self.held > self.size + max(self.size // 2, 1):
+            self._prune(self.size)
+
+    def _prune(self, size: int) -> None:
+        keys = np.concatenate([p[0] for p in self.parts])
+        if len(keys) > size:
+            cut = np.partition(keys, size - 1)[size - 1]
+            self.parts = [(k[k <= cut], i[k <= cut], x[k <= cut]) for k, i, x in self.parts]
+            self.threshold = cut
+        self.held = sum(len(p[0]) for p in self.parts)
+
+    def result(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The `size` (default and at most: self.size) smallest-key points in point order (parts are
+        appended in stream order and pruning keeps it): (positions (s,) int64, points (s, D) float32)."""
+        size = self.size if size is None else min(size, self.size)
+        keys = np.concatenate([p[0] for p in self.parts]) if self.parts else np.empty(0)
+        cut = np.inf if size >= len(keys) else np.partition(keys, size - 1)[size - 1]
+        pos = np.concatenate([i[k <= cut] for k, i, _ in self.parts]) if self.parts else np.empty(0, np.int64)
+        pts = [x[k <= cut] for k, _, x in self.parts]
+        return pos, np.concatenate(pts) if len(pts) != 1 else pts[0]
+
+
+@dataclass
+class Trained:
+    centroids: np.ndarray  # (k, D) float32
+    objective: list[float]  # FAISS objective per Lloyd iteration on the training set
+    init_points: int
+
+
+def train(
+    Xt: np.ndarray,
     k: int,
+    rng: np.random.Generator,
     seed: int = 0,
     normalize: bool = False,
-    sample: int | None = None,
-    device: str = "auto",
+    device: str = "cpu",
     max_iter: int = 100,
     tol: float = 1e-4,
     init_sample: int | None = None,
-    n_init: int = 4,
-    copy: bool = True,
+    n_init: int = N_INIT,
     progress: bool = False,
-) -> KMeansResult:
-    """FAISS k-means of X (N, D) float32 into k clusters, k-means++ seeded; all N points labelled.
-
-    normalize: L2-normalise rows and run spherical k-means (unit centroids, cosine assignment).
-    sample: train on this many random points (None: all of them); every point is assigned at the end.
-    init_sample: seed on this many random training points; None: max(20000, 100 k); 0: all of them.
-    n_init: with n_init > 1, run n_init seedings + Lloyd on the seeding sample and refine the best one
-        (lowest inertia there) on the whole training set.
-    copy: False lets normalize work in place on X (saves memory on big caches).
-    """
-    t0 = time.perf_counter()
-    X = np.asarray(X)
-    if X.ndim != 2 or X.dtype != np.float32:
-        raise ClusterInputError(f"kmeans wants a 2-D float32 array, got {X.dtype} {X.shape}")
-    n, d = X.shape
-    if not 1 <= k <= n:
-        raise ClusterInputError(
-            f"k={k} clusters asked for {n} points: k must be between 1 and the number of points"
-        )
-    bad = nonfinite_rows(X)
-    if bad:
-        raise ClusterInputError(f"{bad} of {n} embedding rows contain NaN or Inf")
-    used, reason = faiss_device(device)
-    log.info("k-means k=%d on %d x %d points, faiss device %s (%s)", k, n, d, used, reason)
-    if normalize:
-        X = l2_normalize_(X.copy() if copy else X)
-    rng = np.random.default_rng(seed)
-
-    # training set: all points unless `sample` says otherwise (sorted indices: sequential reads)
-    train_idx = (
-        None if sample is None or sample >= n else np.sort(rng.choice(n, size=max(sample, k), replace=False))
-    )
-    Xt = X if train_idx is None else X[train_idx]
-    nt = len(Xt)
-    m = max(20_000, 100 * k) if init_sample is None else init_sample or nt
+) -> Trained:
+    """Seed (best of n_init greedy k-means++ + Lloyd on a seeding subset) and run Lloyd on all of Xt (nt, D)
+    float32 (already normalised when `normalize`)."""
+    nt, d = Xt.shape
+    m = max(INIT_MIN, INIT_PER_CENTROID * k) if init_sample is None else init_sample or nt
     m = nt if m >= nt else max(m, k)
-    init_idx = np.arange(nt) if m == nt else np.sort(rng.choice(nt, size=m, replace=False))
-    Xi = Xt if m == nt else Xt[init_idx]
-    index = _flat_index(d, used, inner_product=normalize)  # Lloyd's assignments (cosine when spherical)
-    l2 = _flat_index(d, used)  # distances and labels reported: always Euclidean
-    best = None  # (inertia on the seeding sample, centroids): n_init short runs there, keep the best
+    init_idx = sample_indices(nt, m, rng)
+    Xi = Xt if init_idx is None else Xt[init_idx]
+    index = _flat_index(d, device, inner_product=normalize)  # Lloyd's assignments (cosine when spherical)
+    l2 = _flat_index(d, device)
+    best = None  # (inertia on the seeding subset, centroids): n_init short runs there, keep the best
     for r in range(n_init):
         c = np.ascontiguousarray(Xi[kmeans_plusplus(Xi, k, rng)[0]], dtype=np.float32)  # (k, D)
         if normalize:
@@ -225,18 +329,69 @@ def kmeans(
     centroids, objective = _lloyd(
         Xt, best[1], index, normalize, seed, max_iter, tol, progress, f"k-means k={k}"
     )
+    return Trained(centroids, objective, m)
 
-    labels, d2 = assign(X, centroids, index=l2)
+
+def check_points(X: np.ndarray, k: int) -> None:
+    """Refuse what k-means cannot cluster: not (N, D) float32, k outside [1, N], NaN/Inf rows."""
+    if X.ndim != 2 or X.dtype != np.float32:
+        raise ClusterInputError(f"kmeans wants a 2-D float32 array, got {X.dtype} {X.shape}")
+    if not 1 <= k <= len(X):
+        raise ClusterInputError(
+            f"k={k} clusters asked for {len(X)} points: k must be between 1 and the number of points"
+        )
+    bad = nonfinite_rows(X)
+    if bad:
+        raise ClusterInputError(f"{bad} of {len(X)} embedding rows contain NaN or Inf")
+
+
+def kmeans(
+    X: np.ndarray,
+    k: int,
+    seed: int = 0,
+    normalize: bool = False,
+    sample: int | None = None,
+    device: str = "auto",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    init_sample: int | None = None,
+    n_init: int = N_INIT,
+    copy: bool = True,
+    progress: bool = False,
+) -> KMeansResult:
+    """FAISS k-means of X (N, D) float32 into k clusters, k-means++ seeded; all N points labelled.
+
+    normalize: L2-normalise rows and run spherical k-means (unit centroids, cosine assignment).
+    sample: train on this many random points (None: default_sample(k, D); 0: all); every point is assigned.
+    init_sample: seed on this many random training points; None: max(INIT_MIN, INIT_PER_CENTROID k); 0: all.
+    n_init: with n_init > 1, run n_init seedings + Lloyd on the seeding subset and refine the best one
+        (lowest inertia there) on the whole training set.
+    copy: False lets normalize work in place on X (saves memory on big caches).
+    """
+    t0 = time.perf_counter()
+    X = np.asarray(X)
+    check_points(X, k)
+    n, d = X.shape
+    used, reason = faiss_device(device)
+    log.info("k-means k=%d on %d x %d points, faiss device %s (%s)", k, n, d, used, reason)
+    if normalize:
+        X = l2_normalize_(X.copy() if copy else X)
+    rng = np.random.default_rng(seed)
+    size = default_sample(k, d) if sample is None else sample or n
+    train_idx = sample_indices(n, max(size, k), rng)
+    Xt = X if train_idx is None else X[train_idx]
+    fit = train(Xt, k, rng, seed, normalize, used, max_iter, tol, init_sample, n_init, progress)
+    labels, d2 = assign(X, fit.centroids, used)
     return KMeansResult(
-        centroids=centroids,
+        centroids=fit.centroids,
         labels=labels,
         distances=np.sqrt(d2).astype(np.float32),
         inertia=float(d2.sum(dtype=np.float64)),
-        n_iter=len(objective),
-        objective=objective,
+        n_iter=len(fit.objective),
+        objective=fit.objective,
         device=used,
         device_reason=reason,
-        train_points=nt,
-        init_points=m,
+        train_points=len(Xt),
+        init_points=fit.init_points,
         seconds=time.perf_counter() - t0,
     )

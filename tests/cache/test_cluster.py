@@ -433,6 +433,8 @@ def test_cli(workspace: Path, tmp_path: Path):
         assert gpu.exit_code != 0 and "no GPU" in gpu.output
     helptext = runner.invoke(cli, ["cluster", "--help"]).output
     assert "--normalize" in helptext and "--level" in helptext and "default: auto" in helptext
+    flat = " ".join(helptext.split())
+    assert "--sample" in flat and "[default: 512 per centroid" in flat and "0: all of them" in flat
 
 
 def test_real_teacher_embeddings(tmp_path: Path):
