@@ -187,7 +187,7 @@ def build_demo_corpus(
             else tasks.Task(
                 "unit_sound",
                 "",
-                skipped=f"needs the {large.UNIT_SOUNDS} source: {large.unit_sounds_package()}",
+                skipped=f"needs the {large.UNIT_SOUNDS} source (packages.SOURCES; see the problems above)",
             )
         )
     _write_manifests(out, [c for c, _ in planned if c.rel in written], built, corpus, spec.distill_excludes)

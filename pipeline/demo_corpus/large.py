@@ -22,10 +22,6 @@ def source_packages() -> list[str]:
     return [s.package for s in packages.SOURCES] + [midi.OPENMSX_PACKAGE]
 
 
-def unit_sounds_package() -> str:
-    return next(s.package for s in packages.SOURCES if s.name == UNIT_SOUNDS)
-
-
 def plan_packages(
     roots: dict[str, Path], planned: list[tuple[tasks.Clip, Maker]], pools: dict, problems: list[str]
 ) -> list[str]:

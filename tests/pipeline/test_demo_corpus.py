@@ -334,7 +334,9 @@ def test_reduced_large_build_is_identical_twice_and_keeps_task_clips_out(tiny_la
     first = build_demo_corpus(tmp_path / "a", size="tiny", progress=False, download=False)
     build_demo_corpus(tmp_path / "b", size="tiny", progress=False, download=False)
     problems = [p for p in first.problems if "asterisk" not in p and "sonic-pi" not in p]
-    assert problems == ["task unit_sound skipped: needs the megaglest source: megaglest-data"], problems
+    assert problems == [
+        "task unit_sound skipped: needs the megaglest source (packages.SOURCES; see the problems above)"
+    ], problems
     assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
     mdir = tmp_path / "a" / "manifests" / "demo"
     every = read_csv(mdir / "all.csv")
