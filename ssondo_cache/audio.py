@@ -67,7 +67,39 @@ def probe(src: AudioSource) -> AudioInfo:
         raise AudioReject("unreadable", f"not audio soundfile can read ({_why(err)})") from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioReject("unreadable", f"bad header: {info.samplerate} Hz, {info.channels} channels")
+    if info.format in ("WAV", "WAVEX"):
+        claimed = wav_claimed_frames(src)
+        if claimed is not None and claimed > info.frames:
+            raise AudioReject(
+                "truncated",
+                f"the WAV header claims {claimed / info.samplerate:.3f} s, the file holds "
+                f"{info.frames / info.samplerate:.3f} s (cut short by an interrupted copy?); copy it again",
+            )
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), info.format, info.subtype)
+
+
+def wav_claimed_frames(src: AudioSource) -> int | None:
+    """Frames a RIFF/WAVE header's ``data`` chunk claims (libsndfile quietly reports only what the file
+    holds); None when the header does not say (a streamed WAV's 0 or 0xFFFFFFFF size, or no chunk found)."""
+    head = src[: 1 << 16] if isinstance(src, bytes) else _read_head(src, 1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, None
+    while pos + 8 <= len(head):
+        cid, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block_align = int.from_bytes(head[pos + 20 : pos + 22], "little")
+        elif cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _read_head(path: str | Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
 
 
 def segment_bounds(frames: int, sample_rate: int, max_duration: float | None) -> list[tuple[int, int]]:

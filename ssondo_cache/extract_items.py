@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ssondo_cache.shards import FORMATS, iter_members
+from ssondo_cache.shards import audio_member, iter_members
 from ssondo_cache.windows import TemporalSupport, n_windows_array, resampled_length
 from ssondo_cache.workspace import Workspace
 
@@ -222,10 +222,8 @@ def _decode_items(seg: Segment) -> Iterator[tuple[int, int, list[torch.Tensor]]]
             audio = []
             for i in range(a, b):
                 key, group = _next_member(members, seg, i)
-                ext = next((e for e in FORMATS if e in group), None)
-                if ext is None:
-                    raise ValueError(f"{seg.path}: clip {key!r} has no audio member")
-                with sf.SoundFile(io.BytesIO(group[ext])) as f:
+                _, data, _ = audio_member(seg.path, key, group)  # checks the pack's checksum
+                with sf.SoundFile(io.BytesIO(data)) as f:
                     if f.subtype != "PCM_16" or f.channels != 1:
                         raise ValueError(
                             f"{seg.path}: clip {key!r} is {f.subtype} x{f.channels}, shards hold "

@@ -1,7 +1,8 @@
 """What `ssondo pack` was given: folders (walked recursively), audio files, CSV/Parquet lists.
 
-Listing only looks at names, never at contents, and records what it refuses (a listed path
-that does not exist, a file that is not an audio format, the same file listed twice).
+Listing only looks at names and file types, never at contents, and records what it refuses (a
+listed path that does not exist, a file that is not an audio format, something that is not a regular
+file (a FIFO would block the first ``open`` forever), the same file listed twice).
 Hidden files and folders (name starting with ".") are skipped, and so is the WORK folder.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ def list_sources(
             candidates = [(f, os.path.relpath(f, p)) for f in _walk(p, exclude)]
             sources.extend(_filter(candidates, rejects))
         elif p.suffix.lower() in LIST_SUFFIXES:
+            if (kind := _not_regular(str(p))) is not None:
+                raise PackInputError(f"input list {given} is a {kind}, not a regular file")
             sources.extend(_filter_rows(_read_list(p), rejects))
         else:
             sources.extend(_filter([(str(p), p.name)], rejects))
@@ -136,6 +140,12 @@ def _filter_rows(rows: list[dict[str, Any]], rejects: list[dict]) -> list[Source
                     path, "unsupported_format", f"extension {ext or '(none)'!r} is not an audio format"
                 )
             )
+        elif (kind := _not_regular(path)) is not None:
+            rejects.append(
+                _listing_reject(
+                    path, "not_a_file", f"a {kind}, not a regular file: skipped without opening it"
+                )
+            )
         else:
             out.append(
                 Source(
@@ -161,10 +171,30 @@ def _read_list(path: Path) -> list[dict[str, Any]]:
         p = _abs(base, str(r["path"]))
         rel = os.path.relpath(p, base) if p.startswith(os.path.abspath(base) + os.sep) else p.lstrip(os.sep)
         row = {**r, "path": p, "rel": rel}
-        if not os.path.isfile(p):
+        if not os.path.exists(p):  # a broken symlink too
             row["missing"] = True
         out.append(row)
     return out
+
+
+_FILE_TYPES = {
+    stat.S_ISDIR: "folder",
+    stat.S_ISFIFO: "FIFO (named pipe)",
+    stat.S_ISSOCK: "socket",
+    stat.S_ISCHR: "character device",
+    stat.S_ISBLK: "block device",
+}
+
+
+def _not_regular(path: str) -> str | None:
+    """None for a regular file (or a symlink to one), else what it is; stat only, never open."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except OSError as err:
+        return f"path that cannot be examined ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _FILE_TYPES.items() if test(mode)), "special file")
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("source", pa.string(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),  # of the source file's bytes
         pa.field("silent", pa.bool_(), nullable=False),
+        pa.field("crc32c", pa.string()),  # of the audio member's bytes; null: packed before checksums
     ]
 )
 
@@ -62,6 +63,8 @@ REASONS: dict[str, str] = {
     "duplicate": "same bytes (sha256) as an input already kept, or the same path listed twice",
     "duplicate_key": "a list gave a key already given to another row",
     "changed": "the file changed between planning and packing",
+    "not_a_file": "not a regular file (FIFO, socket, device, folder): skipped before opening it",
+    "truncated": "a WAV whose header claims more audio than the file holds (cut short by a copy?)",
 }
 
 

@@ -43,7 +43,7 @@ from ssondo_cache.plan import (
     reject_order,
 )
 from ssondo_cache.provenance import code_version, sha256_file
-from ssondo_cache.shards import ShardWriter, encode_audio
+from ssondo_cache.shards import CHECKSUM, ShardWriter, encode_audio, member_checksum
 from ssondo_cache.workspace import Workspace
 
 __all__ = [
@@ -108,6 +108,7 @@ def pack(
     min_duration: float = DEFAULT_MIN_DURATION,
     max_duration: float | None = 10.0,
     reject_silent: bool = False,
+    verify_sources: bool = False,
     workers: int = 1,
     rank: int = 0,
     world_size: int = 1,
@@ -121,6 +122,8 @@ def pack(
     ``workers`` processes pack them in parallel. With ``finalize`` the manifests are written
     once every shard exists (by whichever rank sees that last); ``pack_shards=False`` with
     ``finalize=True`` only writes the manifests. Re-running resumes; a finished run is a no-op.
+    The scan cache trusts a file whose path, size and mtime are unchanged; ``verify_sources`` hashes
+    every input again, so a same-size same-mtime rewrite is seen (and its shard re-packed).
     """
     if isinstance(inputs, str | Path):  # one input given bare, not in a list
         inputs = [inputs]
@@ -137,6 +140,7 @@ def pack(
             labels_csv=labels_csv,
             exclude=ws.root,
             cache_dir=ws.manifests_dir / "scan",
+            reuse_scans=not verify_sources,
             rank=rank,
             world_size=world_size,
             pool=pool,
@@ -225,6 +229,7 @@ def build_shard(
             clip = _clip_or_reject(item, sha, params, rejects)
             if clip is None:
                 continue
+            data = encode_audio(clip.pcm, params.sample_rate, params.fmt)
             meta = {
                 "key": item.key,
                 "source": item.source,
@@ -238,8 +243,9 @@ def build_shard(
                 "split": item.split,
                 "sha256": item.sha256,
                 "silent": clip.silent,
+                CHECKSUM: member_checksum(data),  # checked whenever the member is decoded
             }
-            writer.add(item.key, encode_audio(clip.pcm, params.sample_rate, params.fmt), params.fmt, meta)
+            writer.add(item.key, data, params.fmt, meta)
             clips.append({**meta, "index_in_shard": len(clips)})
         writer.close()
         f.flush()

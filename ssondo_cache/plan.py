@@ -104,6 +104,7 @@ def make_plan(
     labels_csv: str | Path | None = None,
     exclude: Path | None = None,
     cache_dir: Path | None = None,
+    reuse_scans: bool = True,
     rank: int = 0,
     world_size: int = 1,
     pool: Any = None,
@@ -113,11 +114,18 @@ def make_plan(
 
     ``cache_dir`` keeps what scanning found (per chunk of files, keyed by path, size and
     mtime), so a re-run or a finalize call does not hash the corpus again; ranks scan their
-    own chunks first and read the others' from there when they are ready."""
+    own chunks first and read the others' from there when they are ready. ``reuse_scans=False``
+    hashes every file again (and rewrites the cache): a rewrite keeping size and mtime is then seen."""
     sources, rejects = list_sources(inputs, exclude=exclude)
     n_inputs = len(sources) + len(rejects)  # listing refusals (missing, not audio, listed twice) count too
     scans, cache_names = scan_files(
-        [s.path for s in sources], cache_dir, rank, world_size, pool=pool, progress=progress
+        [s.path for s in sources],
+        cache_dir,
+        rank,
+        world_size,
+        pool=pool,
+        progress=progress,
+        reuse=reuse_scans,
     )
     readable: list[tuple[Source, str, A.AudioInfo]] = []
     for src, (sha, info_or_err) in zip(sources, scans, strict=True):
@@ -213,6 +221,7 @@ def scan_files(
     *,
     pool: Any = None,
     progress: bool = False,
+    reuse: bool = True,
 ) -> tuple[list[ScanResult], tuple[str, ...]]:
     """(sha256, header or refusal) per path, in order, and the names of the cache files used.
 
@@ -226,7 +235,7 @@ def scan_files(
     for c in order:
         names.append(f"scan-{_chunk_id(chunks[c])}.json")
         cache = cache_dir / names[-1] if cache_dir is not None else None
-        found[c] = _load_scan(cache) if cache is not None else None
+        found[c] = _load_scan(cache) if cache is not None and reuse else None
         if found[c] is None:
             found[c] = list(pool.imap(_scan, chunks[c], chunksize=8) if pool else map(_scan, chunks[c]))
             if cache is not None:

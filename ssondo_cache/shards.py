@@ -5,6 +5,10 @@ mono PCM_16) followed by ``<key>.json`` (source, offsets, labels ...). Tar heade
 fixed mtime, uid/gid 0 and empty user/group names, so packing the same clips twice gives
 identical bytes; any tar reader (webdataset, ``tar tf``) reads them. The training stream reads
 them with ``tar_clips`` (memory-mapped, zero-copy members) and ``pcm16`` (WAV as an int16 view).
+
+Every audio member's CRC-32C is recorded in its json (``crc32c``, 8 hex digits) and in clips.parquet;
+``audio_member`` checks it whenever a member is about to be decoded (extract, train, validation,
+``iter_shard``). Members packed before checksums existed have none and are read unchecked.
 """
 
 from __future__ import annotations
@@ -20,11 +24,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import google_crc32c
 import numpy as np
 import soundfile as sf
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, so re-packing gives identical tars
 FORMATS = {"flac": "FLAC", "wav": "WAV"}  # --format -> libsndfile container; always PCM_16
+
+
+CHECKSUM = "crc32c"  # the key in a member's json and the clips.parquet column
+
+
+class CorruptShardError(ValueError):
+    """A packed shard's bytes are not what pack wrote (the message names the shard, the member, the fix)."""
+
+
+def member_checksum(data: bytes | memoryview) -> str:
+    """CRC-32C of an audio member's bytes, 8 hex digits (google-crc32c reads bytes only: a view is copied,
+    which with the hardware CRC still beats zlib.crc32 on the view 2.5x)."""
+    return f"{google_crc32c.value(bytes(data)):08x}"
+
+
+def audio_member(path: str | Path, key: str, group: dict[str, Any]) -> tuple[str, Any, dict[str, Any]]:
+    """(extension, audio bytes, meta) of one clip's members, its audio checked against the json's checksum.
+
+    Raises CorruptShardError naming the shard and member when the audio or the json is not what pack wrote."""
+    ext = next((e for e in FORMATS if e in group), None)
+    if ext is None:
+        raise CorruptShardError(
+            f"{path}: clip {key!r} has no .flac or .wav member (has {sorted(group)}); {_REPACK}"
+        )
+    meta: dict[str, Any] = {}
+    if "json" in group:
+        try:
+            meta = json.loads(bytes(group["json"]))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CorruptShardError(
+                f"{path}: member {key}.json is not valid JSON ({err}); {_REPACK}"
+            ) from None
+    expected = meta.get(CHECKSUM)
+    if expected is not None:  # None: packed before checksums, read unchecked (manifests/README.md)
+        got = member_checksum(group[ext])
+        if got != expected:
+            raise CorruptShardError(
+                f"{path}: member {key}.{ext} has crc32c {got}, pack recorded {expected}: the shard changed "
+                f"after packing; {_REPACK}"
+            )
+    return ext, group[ext], meta
+
+
+_REPACK = "delete that shard and re-run the same `ssondo pack` command to rebuild it"
 
 
 @dataclass(frozen=True)
@@ -131,11 +180,8 @@ def iter_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 def iter_shard(path: str | Path) -> Iterator[ShardClip]:
     """Decoded clips of one shard, in tar order."""
     for key, group in iter_members(path):
-        ext = next((e for e in FORMATS if e in group), None)
-        if ext is None:
-            raise ValueError(f"{path}: clip {key!r} has no .flac or .wav member (has {sorted(group)})")
-        audio, sr = decode_audio(group[ext], ext)
-        meta = json.loads(group["json"]) if "json" in group else {}
+        ext, data, meta = audio_member(path, key, group)
+        audio, sr = decode_audio(data, ext)
         yield ShardClip(key=key, audio=audio, sample_rate=sr, meta=meta)
 
 

@@ -41,6 +41,13 @@ class CacheMismatchError(ValueError):
     """The cache does not belong to this workspace (or to this extraction's settings)."""
 
 
+class CacheBlockError(ValueError):
+    """A block marked done whose files are missing, unreadable or hold non-finite values."""
+
+
+ROW_ARRAYS = ("emb", "clip", "n_windows")  # the arrays a done block must have a file of
+
+
 def cache_root(work: str | Path) -> Path:
     return Workspace(work).cache_dir
 
@@ -82,10 +89,11 @@ class CacheInfo:
     rows_total: int
     size_bytes: int
     matches_manifest: bool | None  # None: the workspace has no clips manifest to compare with
+    missing_files: tuple[Path, ...] = ()  # files of done blocks that are not on disk
 
     @property
     def complete(self) -> bool:
-        return self.rows_done == self.rows_total
+        return self.rows_done == self.rows_total and not self.missing_files
 
 
 class CacheStore:
@@ -173,15 +181,68 @@ class CacheStore:
     def is_complete(self) -> bool:
         return bool(self.done().all())
 
+    # ---- integrity
+    def block_file(self, array: str, block: int) -> Path:
+        """The file holding ``array``'s rows of ``block`` (one zarr shard, or one chunk for n_windows)."""
+        arr = self._group[array]
+        return self.path / array / arr.metadata.encode_chunk_key((block,) + (0,) * (arr.ndim - 1))
+
+    def missing_files(
+        self, blocks: list[int] | None = None, arrays: tuple[str, ...] = ROW_ARRAYS
+    ) -> list[Path]:
+        """Files absent for blocks marked done (all done blocks by default): a done block read back
+        without its file would be zarr's fill value (NaN), never an error."""
+        done = self.done()
+        todo = range(self.n_blocks) if blocks is None else blocks
+        return [f for k in todo if done[k] for a in arrays if not (f := self.block_file(a, k)).is_file()]
+
+    def verify_block(self, block: int) -> None:
+        """Read every array of a done block and check it: files present and decodable, every valid
+        window and clip embedding finite, window counts in range. Raises CacheBlockError."""
+        start, stop = self.block_rows(block)
+        emb, n_windows = self.read_windows(start, stop)
+        clip = self.read_clip(start, stop)
+        where = f"cache {self.path} block {block} (rows {start}..{stop - 1})"
+        if (n_windows < 1).any() or (n_windows > self.max_windows).any():
+            raise CacheBlockError(f"{where}: window counts out of 1..{self.max_windows}; {self._redo(block)}")
+        valid = np.arange(self.max_windows)[None, :] < n_windows[:, None]  # (n, W_max)
+        bad = int((~np.isfinite(clip)).any(1).sum() + (~np.isfinite(emb[valid])).any(-1).sum())
+        if bad:
+            raise CacheBlockError(f"{where}: {bad} non-finite embeddings (NaN/Inf); {self._redo(block)}")
+
+    def _redo(self, block: int) -> str:
+        return f"re-extract block {block} (or delete {self.path} and run `ssondo extract` again)"
+
+    def _checked_read(self, array: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of ``array``, refusing a done block whose file is missing or unreadable."""
+        if stop <= start:
+            return np.asarray(self._group[array][start:stop])
+        blocks = list(range(start // self.block_size, (stop - 1) // self.block_size + 1))
+        missing = self.missing_files(blocks, (array,))
+        if missing:
+            block = int(missing[0].relative_to(self.path / array).parts[1])
+            raise CacheBlockError(
+                f"cache file {missing[0]} is missing but block {block} is marked done "
+                f"(a deleted file reads back as NaN); {self._redo(block)}"
+            )
+        try:
+            return np.asarray(self._group[array][start:stop])
+        except Exception as err:  # zarr/numcodecs raise many types for a corrupt shard (zstd, checksums)
+            files = ", ".join(str(self.block_file(array, k)) for k in blocks)
+            raise CacheBlockError(
+                f"cache file {files} of blocks {blocks[0]}..{blocks[-1]} is unreadable "
+                f"({type(err).__name__}: {err}); {self._redo(blocks[0])}"
+            ) from None
+
     # ---- reading
     def read_clip(self, start: int, stop: int) -> np.ndarray:
         """(stop-start, D) float32 clip embeddings."""
-        return np.asarray(self._group["clip"][start:stop], dtype=np.float32)
+        return self._checked_read("clip", start, stop).astype(np.float32)
 
     def read_windows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """((n, W_max, D) float32 window embeddings, NaN past each clip's windows; (n,) int32 counts)."""
-        emb = np.asarray(self._group["emb"][start:stop], dtype=np.float32)
-        return emb, np.asarray(self._group["n_windows"][start:stop], dtype=np.int32)
+        emb = self._checked_read("emb", start, stop).astype(np.float32)
+        return emb, self._checked_read("n_windows", start, stop).astype(np.int32)
 
     # ---- writing (extraction only)
     def write_block(self, block: int, emb: np.ndarray, clip: np.ndarray, n_windows: np.ndarray) -> None:
@@ -379,6 +440,22 @@ def _size_on_disk(path: Path) -> int:
     return total
 
 
+def verify_cache(path: str | Path, progress: bool = False) -> list[str]:
+    """Read every done block of the cache at ``path`` and check it (``CacheStore.verify_block``);
+    returns one line per damaged block (empty: every done block is whole and finite)."""
+    from tqdm import tqdm
+
+    store = CacheStore(path)
+    done = np.flatnonzero(store.done())
+    problems = []
+    for block in tqdm(done.tolist(), unit="block", desc=f"verify {store.name}", disable=not progress):
+        try:
+            store.verify_block(block)
+        except CacheBlockError as err:
+            problems.append(str(err))
+    return problems
+
+
 def list_caches(work: str | Path) -> list[CacheInfo]:
     """Every cache in ``WORK/cache``, with progress and size on disk."""
     fingerprint = _workspace_fingerprint(work)
@@ -402,6 +479,7 @@ def list_caches(work: str | Path) -> list[CacheInfo]:
                 rows_total=store.n_rows,
                 size_bytes=_size_on_disk(path),
                 matches_manifest=None if fingerprint is None else a.get("clips_fingerprint") == fingerprint,
+                missing_files=tuple(store.missing_files()),
             )
         )
     return out

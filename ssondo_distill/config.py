@@ -24,6 +24,7 @@ class TrainConfig:
     cache: str = ""  # cache NAME: <teacher_id>/ts<TS>-hop<HOP> or a unique suffix (e.g. ts10-hop10)
     teacher: str | None = None  # expected teacher (registry name); a cache of another teacher is refused
     manifest: str = "random"  # random (uniform) | a manifest name in WORK/manifests (balanced-k50) | a path
+    allow_foreign_manifest: bool = False  # sample with a manifest clustered on another cache (teacher/TS/hop)
     target: str = "clip"  # clip: the clip embedding; window: one TS window (audio cropped to it)
     clip_seconds: float = 10.0  # audio length for target=clip (random crop, zero pad)
     # none: the teacher's raw embeddings (the paper). center / standardize: subtract the training

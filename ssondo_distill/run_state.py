@@ -38,6 +38,7 @@ NOT_IDENTITY = (
     "device",
     "num_workers",
     "teacher",
+    "allow_foreign_manifest",  # which manifest is used is part of the identity already
 )
 
 

@@ -114,7 +114,15 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
     elif device.type == "cuda" and device.index is None and world_size > 1:  # the caller set it up
         device = torch.device("cuda", torch.cuda.current_device())
 
-    data = open_training_data(cfg.work, cfg.cache, cfg.manifest, cfg.target, cfg.clip_seconds, cfg.teacher)
+    data = open_training_data(
+        cfg.work,
+        cfg.cache,
+        cfg.manifest,
+        cfg.target,
+        cfg.clip_seconds,
+        cfg.teacher,
+        cfg.allow_foreign_manifest,
+    )
     if cfg.loss == "cluster_contrastive" and data.table.kind == "random":
         raise ConfigError("loss cluster_contrastive needs clusters: give a balanced manifest, not 'random'")
     run = Path(cfg.out)

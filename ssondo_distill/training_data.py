@@ -19,8 +19,8 @@ import torch
 
 from ssondo_cache.cluster import read_sampling_manifest
 from ssondo_cache.manifests import read_clips
-from ssondo_cache.shards import FORMATS, pcm16, tar_clips
-from ssondo_cache.store import CacheStore, open_cache
+from ssondo_cache.shards import audio_member, pcm16, tar_clips
+from ssondo_cache.store import CacheBlockError, CacheStore, open_cache
 from ssondo_cache.workspace import Workspace
 from ssondo_distill import sampling
 
@@ -67,9 +67,19 @@ def resolve_manifest(work: str | Path, manifest: str) -> Path | None:
 
 
 def open_training_data(
-    work: str | Path, cache: str, manifest: str, target: str, clip_seconds: float, teacher: str | None = None
+    work: str | Path,
+    cache: str,
+    manifest: str,
+    target: str,
+    clip_seconds: float,
+    teacher: str | None = None,
+    allow_foreign_manifest: bool = False,
 ) -> TrainingData:
-    """Open and cross-check the cache, the sampling manifest and the packed shards of ``work``."""
+    """Open and cross-check the cache, the sampling manifest and the packed shards of ``work``.
+
+    A manifest clustered on another cache of the same pack (other teacher, TS or hop) is refused
+    unless ``allow_foreign_manifest``; a done cache block whose file is missing is refused here,
+    before any step (a deleted zarr shard file reads back as NaN)."""
     store = open_cache(work, cache)  # refuses a cache made from another clips manifest
     attrs = store.attrs
     if teacher is not None and attrs.get("teacher") != teacher:
@@ -81,6 +91,13 @@ def open_training_data(
         raise DataMismatchError(
             f"cache {store.name} is not complete: {store.missing_rows()} of {store.n_rows} "
             "rows missing; finish `ssondo extract` first"
+        )
+    missing = store.missing_files()
+    if missing:
+        raise CacheBlockError(
+            f"cache {store.path}: {len(missing)} file(s) of blocks marked done are missing, first "
+            f"{missing[0]}: its targets would read back as NaN; re-extract those blocks (or delete "
+            f"{store.path} and run `ssondo extract` again); `ssondo cache info` lists them"
         )
     clips = read_clips(work)
     keys = np.asarray(clips.column("key").to_pylist(), dtype=object)
@@ -94,7 +111,9 @@ def open_training_data(
             meta={"kind": "random"},
         )
     else:
-        table = _manifest_table(path, keys, clips.column("shard").to_numpy(), attrs, store.name)
+        table = _manifest_table(
+            path, keys, clips.column("shard").to_numpy(), attrs, store.name, allow_foreign_manifest
+        )
     sample_rate = int(attrs["sample_rate"])
     if target == "window":
         if attrs.get("ts") == "full":
@@ -121,18 +140,17 @@ def open_training_data(
 
 
 def _manifest_table(
-    path: Path, keys: np.ndarray, shard_of_row: np.ndarray, attrs: dict, cache_name: str
+    path: Path, keys: np.ndarray, shard_of_row: np.ndarray, attrs: dict, cache_name: str, allow_foreign: bool
 ) -> sampling.SamplingTable:
     table, meta = read_sampling_manifest(path)
-    for field, have in (
-        ("teacher_id", attrs.get("teacher_id")),
-        ("clips_fingerprint", attrs.get("clips_fingerprint")),
-    ):
-        if meta.get(field) is not None and meta[field] != have:
-            raise DataMismatchError(
-                f"manifest {path} was built for {field} {meta[field]!r}, but cache "
-                f"{cache_name} has {field} {have!r}: they do not belong together"
-            )
+    have_fp = attrs.get("clips_fingerprint")
+    if meta.get("clips_fingerprint") is not None and meta["clips_fingerprint"] != have_fp:
+        raise DataMismatchError(
+            f"manifest {path} was built for clips_fingerprint {meta['clips_fingerprint']!r}, but cache "
+            f"{cache_name} has clips_fingerprint {have_fp!r}: they do not belong together"
+        )
+    if not allow_foreign:
+        _refuse_foreign(path, meta, attrs, cache_name)
     rows = table.column("row").to_numpy()
     if "window" in table.column_names or len(np.unique(rows)) != len(rows):
         raise DataMismatchError(
@@ -168,6 +186,42 @@ def _manifest_table(
     )
 
 
+def _refuse_foreign(path: Path, meta: dict, attrs: dict, cache_name: str) -> None:
+    """A manifest clustered on another cache (teacher, TS, hop) of the same pack: both sides named."""
+    have = {
+        "cache": cache_name,
+        "teacher_id": attrs.get("teacher_id"),
+        "ts": attrs.get("ts"),
+        "hop": attrs.get("hop"),
+    }
+    differ = [k for k, v in have.items() if meta.get(k) is not None and meta[k] != v]
+    if differ:
+        theirs = ", ".join(f"{k} {meta[k]!r}" for k in differ)
+        ours = ", ".join(f"{k} {have[k]!r}" for k in differ)
+        raise DataMismatchError(
+            f"manifest {path} was built from another cache ({theirs}) than the one trained on ({ours}): "
+            f"cluster this cache (`ssondo cluster WORK --cache {cache_name} -k K`), or pass "
+            "--allow-foreign-manifest if you mean to sample with it"
+        )
+
+
+def _refuse_nonfinite(
+    view: CorpusView, targets: np.ndarray, n_windows: np.ndarray | None, rows: np.ndarray
+) -> None:
+    """Targets (n, D) or (n, W, D) of ``rows`` must be finite (window targets: their valid windows)."""
+    if n_windows is None:
+        bad = ~np.isfinite(targets).all(-1)  # (n,)
+    else:
+        valid = np.arange(targets.shape[1])[None, :] < n_windows[:, None]  # (n, W)
+        bad = (valid & ~np.isfinite(targets).all(-1)).any(-1)
+    if bad.any():
+        row = int(rows[np.flatnonzero(bad)[0]])
+        raise CacheBlockError(
+            f"cache {view.cache_path}: {int(bad.sum())} NaN/Inf target(s), first at row {row}; training on "
+            f"them would diverge: run `ssondo cache info WORK --verify` and re-extract the blocks it names"
+        )
+
+
 def read_segment(
     view: CorpusView, store: CacheStore, table: sampling.SamplingTable, segment: sampling.Segment
 ) -> tuple[list[tuple[memoryview, str]], np.ndarray, np.ndarray | None]:
@@ -198,13 +252,13 @@ def read_segment(
                 f"{url}: clip {index} is {key!r}, the manifest says row {start + index} is "
                 f"{table.keys[segment.positions[item]]!r}: shards and manifest do not belong together"
             )
-        ext = next((e for e in FORMATS if e in members), None)
-        if ext is None:
-            raise DataMismatchError(f"{url}: clip {key!r} has no audio member (has {sorted(members)})")
-        audio[item] = (members[ext], ext)
+        ext, data, _ = audio_member(url, key, members)  # checks the pack's checksum
+        audio[item] = (data, ext)
     if any(a is None for a in audio):
         raise DataMismatchError(f"{url} ends before row {hi - 1}: the shard is shorter than the cache says")
-    return audio, targets[rows - lo], None if n_windows is None else n_windows[rows - lo]  # type: ignore[return-value]
+    targets, n_windows = targets[rows - lo], None if n_windows is None else n_windows[rows - lo]
+    _refuse_nonfinite(view, targets, n_windows, rows)
+    return audio, targets, n_windows  # type: ignore[return-value]
 
 
 def fit_length(x: np.ndarray, length: int, offset: int) -> np.ndarray:
@@ -230,6 +284,7 @@ def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.nda
         if data.view.target == "window":
             emb, n_windows = store.read_windows(lo, hi)  # (n, W_max, D), (n,)
             emb, n_windows = emb[mine - lo].astype(np.float64), n_windows[mine - lo]
+            _refuse_nonfinite(data.view, emb, n_windows, mine)
             valid = np.arange(emb.shape[1])[None, :] < n_windows[:, None]  # (n, W_max)
             x = np.where(valid[..., None], emb, 0.0)  # NaN past each clip's windows -> 0
             per_clip = np.maximum(n_windows, 1)[:, None].astype(np.float64)  # (n, 1)
@@ -237,6 +292,7 @@ def target_statistics(data: TrainingData, positions: np.ndarray) -> tuple[np.nda
             squares += (np.square(x).sum(1) / per_clip).sum(0)
         else:
             block = store.read_clip(lo, hi).astype(np.float64)[mine - lo]  # (n, D)
+            _refuse_nonfinite(data.view, block, None, mine)
             total += block.sum(0)
             squares += np.square(block).sum(0)
     n = len(rows)

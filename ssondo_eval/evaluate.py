@@ -151,6 +151,14 @@ def results_markdown(report: dict) -> str:
         lines.append(
             f"| {t['name']} | {t['n_items']} | {t['n_classes']} | {clip} | {t['protocol']} | {splits} |"
         )
+    refused = [(t["name"], r) for t in tasks for r in t.get("refused", [])]
+    outside = [(t["name"], p) for t in tasks for p in t.get("outside_root", [])]
+    if refused:
+        lines += ["", f"Refused items ({len(refused)}, left out of every score):", ""]
+        lines += [f"- {n}: `{r['path']}` {r['reason']} ({r['detail']})" for n, r in refused]
+    if outside:
+        lines += ["", f"Audio outside its task's folder ({len(outside)}, used):", ""]
+        lines += [f"- {n}: `{p}`" for n, p in outside]
     lines += ["", "## Models", ""]
     for m in report["models"]:
         lines.append(f"- **{m['label']}** ({m['kind']}): `{m['cache_id']}`")

@@ -26,9 +26,18 @@ def _seconds(value, fmt) -> str:
 
 @cache.command("info")
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def info(work: Path) -> None:
-    """List every cache in WORK: teacher, TS, hop, rows done / total, size on disk."""
-    from ssondo_cache.store import list_caches
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also read every done block and check its embeddings are finite (slow: reads the whole cache). "
+    "Without it, only that every done block has its files is checked.",
+)
+def info(work: Path, verify: bool) -> None:
+    """List every cache in WORK: teacher, TS, hop, rows done / total, size on disk.
+
+    Exit status 1 when a block marked done has a missing file (or, with --verify, an unreadable or
+    non-finite one); each such file or block is named."""
+    from ssondo_cache.store import list_caches, verify_cache
     from ssondo_cache.windows import format_seconds
 
     caches = list_caches(work)
@@ -44,7 +53,9 @@ def info(work: Path) -> None:
                 c.teacher,
                 _seconds(c.ts, format_seconds),
                 _seconds(c.hop, format_seconds),
-                f"{c.rows_done}/{c.rows_total}" + ("" if c.complete else " (incomplete)"),
+                f"{c.rows_done}/{c.rows_total}"
+                + ("" if c.rows_done == c.rows_total else " (incomplete)")
+                + (f" ({len(c.missing_files)} files MISSING)" if c.missing_files else ""),
                 _size(c.size_bytes),
                 match,
             )
@@ -52,3 +63,15 @@ def info(work: Path) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    problems = [
+        f"{f} is missing but its block is marked done: re-extract that block (or delete {c.path} and "
+        "run `ssondo extract` again)"
+        for c in caches
+        for f in c.missing_files
+    ]
+    if verify:
+        problems += [p for c in caches if not c.missing_files for p in verify_cache(c.path, progress=True)]
+    for line in problems:
+        click.echo(f"error: {line}", err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} damaged cache file(s) or block(s), listed above")

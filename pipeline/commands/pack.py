@@ -54,6 +54,12 @@ from ssondo_cache.pack import pack as pack_corpus
 @click.option(
     "--reject-silent", is_flag=True, help="Refuse all-silent clips (by default they are packed and flagged)."
 )
+@click.option(
+    "--verify-sources",
+    is_flag=True,
+    help="Hash every input again instead of trusting the scan cache, which keys on path, size and mtime: "
+    "without it a file rewritten with the same size and mtime keeps its old audio and sha256.",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Parallel processes packing shards.")
 @click.option(
     "--finalize",
@@ -72,6 +78,7 @@ def pack(
     min_duration: float,
     max_duration: float,
     reject_silent: bool,
+    verify_sources: bool,
     workers: int,
     finalize: bool,
     no_progress: bool,
@@ -93,6 +100,7 @@ def pack(
             min_duration=min_duration,
             max_duration=max_duration or None,
             reject_silent=reject_silent,
+            verify_sources=verify_sources,
             workers=workers,
             rank=ranks.rank,
             world_size=ranks.world_size,

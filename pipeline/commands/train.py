@@ -30,6 +30,13 @@ def _default(name: str) -> str:
     f"{_default('manifest')}.",
 )
 @click.option(
+    "--allow-foreign-manifest",
+    is_flag=True,
+    default=None,
+    help="Accept a --manifest clustered on another cache of this pack (other teacher, TS or hop); "
+    "refused by default.",
+)
+@click.option(
     "--loss", help=f"Distillation loss (cosine, mse, l1, kl, clap, cluster_contrastive) {_default('loss')}."
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="RUN folder (required).")

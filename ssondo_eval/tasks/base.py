@@ -44,6 +44,8 @@ class Task:
     source: str = ""  # what it was built from (a folder, a CSV)
     notes: str = ""  # protocol details worth printing in a report
     meta: dict = field(default_factory=dict)
+    refused: list[dict] = field(default_factory=list)  # items left out: {"path", "reason", "detail"}
+    outside_root: list[str] = field(default_factory=list)  # audio paths outside the task's folder (kept)
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -123,6 +125,8 @@ class Task:
             "source": self.source,
             "notes": self.notes,
             "fingerprint": self.fingerprint(),
+            "refused": list(self.refused),
+            "outside_root": list(self.outside_root),
         }
 
 
@@ -147,6 +151,42 @@ def require_files(task: str, paths: list[Path], limit: int = 5) -> None:
         raise FileNotFoundError(
             f"task {task!r}: {len(missing)} audio file(s) listed but missing, e.g. {shown}"
         )
+
+
+def screen_items(
+    task: str, items: list[TaskItem], root: Path
+) -> tuple[list[TaskItem], list[dict], list[str]]:
+    """(items whose audio soundfile can open, refused items with reasons, paths outside ``root``).
+
+    One unreadable file (not audio, a broken header) must not abort an evaluation after minutes of
+    work: it is left out and listed in the report. A split all of whose items are refused is an error.
+    Only the header is read here; paths outside the task's folder are kept, and listed."""
+    import soundfile as sf
+
+    base = root.resolve()
+    kept, refused, outside = [], [], []
+    for item in items:
+        if item.path is None:
+            kept.append(item)
+            continue
+        if not item.path.resolve().is_relative_to(base):
+            outside.append(str(item.path))
+        try:
+            sf.info(str(item.path))
+        except Exception as err:  # libsndfile raises several types; its message says what is wrong
+            refused.append(
+                {"path": str(item.path), "split": item.split, "reason": "unreadable", "detail": str(err)}
+            )
+            continue
+        kept.append(item)
+    emptied = sorted({i.split for i in items} - {i.split for i in kept})
+    if emptied:
+        first = next(r for r in refused if r["split"] == emptied[0])
+        raise ValueError(
+            f"task {task!r}: every {emptied[0]} item was refused as unreadable, e.g. {first['path']} "
+            f"({first['detail']}); fix or replace those files"
+        )
+    return kept, refused, outside
 
 
 def require(path: Path, what: str) -> Path:

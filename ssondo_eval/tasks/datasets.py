@@ -26,7 +26,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ssondo_eval.tasks.base import Task, TaskItem, normalise_split, require, require_files
+from ssondo_eval.tasks.base import Task, TaskItem, normalise_split, require, require_files, screen_items
 
 
 def _task(
@@ -39,6 +39,7 @@ def _task(
     classes: list[str] | None = None,
 ) -> Task:
     require_files(name, [i.path for i in items if i.path is not None])
+    items, refused, outside = screen_items(name, items, root)
     if classes is None:
         classes = sorted({lab for i in items for lab in (*i.labels, *(i.annotated or ()))})
     return Task(
@@ -49,6 +50,8 @@ def _task(
         clip_seconds=clip,
         source=str(root),
         notes=notes,
+        refused=refused,
+        outside_root=outside,
     )
 
 

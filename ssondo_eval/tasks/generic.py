@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ssondo_eval.tasks.base import Task, TaskItem, normalise_split, require, require_files
+from ssondo_eval.tasks.base import Task, TaskItem, normalise_split, require, require_files, screen_items
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
 LABEL_SEP = ";"
@@ -55,6 +55,7 @@ def folder_task(
                 items.append(TaskItem(path=files[i], labels=(cls_dir.name,), split=split))
     if not items:
         raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in class sub-folders of {root}")
+    items, refused, _ = screen_items(name or root.name, items, root)
     classes = sorted({i.labels[0] for i in items})
     return Task(
         name=name or root.name,
@@ -64,6 +65,7 @@ def folder_task(
         clip_seconds=clip_seconds,
         source=str(root),
         notes="folder task: one sub-folder per class",
+        refused=refused,
     )
 
 
@@ -107,6 +109,7 @@ def csv_task(
     if not items:
         raise ValueError(f"{path}: no rows")
     require_files(name or path.stem, [i.path for i in items if i.path is not None])
+    items, refused, outside = screen_items(name or path.stem, items, base)
     multilabel = any(len(i.labels) != 1 for i in items)
     classes = sorted({lab for i in items for lab in i.labels})
     return Task(
@@ -117,6 +120,8 @@ def csv_task(
         clip_seconds=clip_seconds,
         source=str(path),
         notes=f"CSV task ({split_col} column)",
+        refused=refused,
+        outside_root=outside,
     )
 
 

@@ -48,6 +48,7 @@ def test_schemas_match_the_interface() -> None:
         "source",
         "sha256",
         "silent",
+        "crc32c",
     ]
     assert M.CLIPS_SCHEMA.field("row").type == pa.int64() and M.CLIPS_SCHEMA.field("shard").type == pa.int32()
     assert M.CLIPS_SCHEMA.field("labels").type == pa.list_(pa.string())

@@ -38,6 +38,7 @@ INTERFACE_COLUMNS = {
     "source": "string",
     "sha256": "string",
     "silent": "bool",
+    "crc32c": "string",
 }
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from ssondo_cache import cluster, store
 from ssondo_cache.manifests import clips_fingerprint, read_clips, write_table
 from ssondo_cache.pack import pack
-from ssondo_cache.shards import decode_audio, encode_audio, pcm16
+from ssondo_cache.shards import CorruptShardError, decode_audio, encode_audio, pcm16
 from ssondo_distill import sampling
 from ssondo_distill.stream import BalancedStream, StreamConfig
 from ssondo_distill.training_data import DataMismatchError, load_validation, open_training_data
@@ -268,3 +268,74 @@ def test_pcm16_matches_the_packed_audio_exactly():
         got, sr = pcm16(data, fmt)
         assert sr == 16000 and got.dtype == np.int16 and np.array_equal(got, pcm), fmt
         assert np.array_equal(got / 32768.0, decode_audio(data, fmt)[0].astype(np.float64)), fmt
+
+
+def test_flipped_audio_is_refused_by_the_stream_and_the_validation_set(tmp_path):
+    import tarfile
+
+    work = make_corpus(tmp_path, n_clips=8)
+    shard = work / "shards" / "clips-000001.tar"
+    with tarfile.open(shard) as tar:
+        info = tar.getmember("clip005.wav")
+    with open(shard, "r+b") as f:  # 400 PCM bytes inverted: the tar stays valid, the audio does not
+        f.seek(info.offset_data + info.size // 2)
+        data = bytes(b ^ 0xFF for b in f.read(400))
+        f.seek(info.offset_data + info.size // 2)
+        f.write(data)
+    want = read_clips(work).to_pylist()[5]["crc32c"]
+    data = open_training_data(work, "ts0.25-hop0.25", "random", "clip", clip_seconds=0.5)
+    with pytest.raises(
+        CorruptShardError, match=f"{shard}: member clip005.wav has crc32c .*, pack recorded {want}"
+    ):
+        load_validation(data, np.arange(8))
+    cfg = StreamConfig(seed=0, steps_per_epoch=2, batch_size=4, workers=1, shuffle_buffer=8)
+    with pytest.raises(CorruptShardError, match="clip005.wav"):
+        _batches(BalancedStream(data.view, data.table, cfg), epoch=0)
+
+
+def test_missing_or_nan_targets_are_refused_before_the_first_step(tmp_path):
+    work = make_corpus(tmp_path, n_clips=12)
+    name = "ts0.25-hop0.25"
+    cache = store.open_cache(work, name)
+    a, b = cache.block_rows(1)
+    clip = cache.read_clip(a, b)
+    emb, n_windows = cache.read_windows(a, b)
+    clip[2, 3] = np.nan  # a block that decodes but holds a NaN target
+    store.CacheStore(cache.path, mode="r+").write_block(1, emb, clip, n_windows)
+    data = open_training_data(work, name, "random", "clip", clip_seconds=0.5)
+    with pytest.raises(store.CacheBlockError, match=f"NaN/Inf target.*row {a + 2}"):
+        load_validation(data, np.arange(12))
+    lost = cache.block_file("clip", 2)
+    lost.unlink()  # a deleted zarr shard file reads back as NaN: refused when the data is opened
+    with pytest.raises(store.CacheBlockError, match=f"first {lost}: its targets would read back as NaN"):
+        open_training_data(work, name, "random", "clip", clip_seconds=0.5)
+
+
+def test_manifest_of_another_cache_of_the_same_pack_is_refused_unless_allowed(corpus):
+    name = "ts0.25-hop0.25"
+    theirs = {"cache": "tiny-000000000000/ts0.5-hop0.5", "ts": 0.5, "hop": 0.5}
+    write_manifest(corpus, "other-ts", meta={"teacher_id": "tiny-000000000000", **theirs})
+    with pytest.raises(DataMismatchError) as err:
+        open_training_data(corpus, name, "other-ts", "clip", 0.5)
+    msg = str(err.value)
+    assert "cache 'tiny-000000000000/ts0.5-hop0.5', ts 0.5, hop 0.5" in msg
+    assert (
+        "cache 'tiny-000000000000/ts0.25-hop0.25', ts 0.25, hop 0.25" in msg
+        and "--allow-foreign-manifest" in msg
+    )
+    data = open_training_data(corpus, name, "other-ts", "clip", 0.5, allow_foreign_manifest=True)
+    assert data.table.kind == "balanced"
+    same = {"cache": "tiny-000000000000/ts0.25-hop0.25", "ts": TS, "hop": TS}
+    write_manifest(corpus, "same-cache", meta={"teacher_id": "tiny-000000000000", **same})
+    open_training_data(corpus, name, "same-cache", "clip", 0.5)
+
+
+def test_allow_foreign_manifest_reaches_the_config_from_the_command_line():
+    from click.testing import CliRunner
+
+    from pipeline.commands.train import train
+    from ssondo_distill.config import load_train_config
+
+    assert load_train_config(None, {"allow_foreign_manifest": True}).allow_foreign_manifest
+    assert not load_train_config(None, {}).allow_foreign_manifest
+    assert "--allow-foreign-manifest" in CliRunner().invoke(train, ["--help"]).output

@@ -249,3 +249,38 @@ def test_demo_tasks_from_manifests(tmp_path):
     assert task.items[0].key == "notes-0"
     (same,) = load_tasks([f"demo:{mdir}"])
     assert same.fingerprint() == task.fingerprint()
+
+
+def test_unreadable_file_is_refused_and_listed_the_rest_kept(tmp_path):
+    """One non-audio file must not abort an evaluation: it is left out and listed in the report."""
+    from ssondo_eval.evaluate import results_markdown
+
+    for n in range(4):
+        tone(tmp_path / "task" / "clips" / f"{n}.wav")
+    (tmp_path / "task" / "clips" / "bad.wav").write_text("not audio at all\n")
+    outside = tone(tmp_path / "elsewhere" / "far.wav")
+    rows = [["clips/0.wav", "x", "train"], ["clips/1.wav", "y", "train"], ["clips/bad.wav", "x", "train"]]
+    rows += [["clips/2.wav", "x", "test"], ["clips/3.wav", "y", "test"], [str(outside), "y", "train"]]
+    write_csv(tmp_path / "task" / "t.csv", ["path", "labels", "split"], rows)
+    (task,) = load_tasks([str(tmp_path / "task" / "t.csv")])
+    assert [i.path.name for i in task.items] == ["0.wav", "1.wav", "2.wav", "3.wav", "far.wav"]
+    (refused,) = task.refused
+    assert refused["path"].endswith("bad.wav") and refused["reason"] == "unreadable" and refused["detail"]
+    assert task.outside_root == [str(outside)]  # accepted, but listed
+    described = task.describe()
+    assert described["refused"] == task.refused and described["outside_root"] == [str(outside)]
+    report = {  # the parts of a report results_markdown reads
+        "created": "now", "models": [], "retention": {}, "informative": {}, "scores": {}, "average": {},
+        "probe": {"hidden": None, "seeds": [0], "patience": 1, "max_epochs": 1}, "tasks": [described],
+    }  # fmt: skip
+    md = results_markdown(report)
+    assert "Refused items (1" in md and "bad.wav" in md and "far.wav" in md
+
+
+def test_a_split_left_empty_by_refusals_is_an_error(tmp_path):
+    tone(tmp_path / "clips" / "0.wav")
+    (tmp_path / "clips" / "bad.wav").write_bytes(b"\0" * 100)
+    rows = [["clips/0.wav", "x", "train"], ["clips/bad.wav", "x", "test"]]
+    write_csv(tmp_path / "t.csv", ["path", "labels", "split"], rows)
+    with pytest.raises(ValueError, match=r"every test item was refused.*bad\.wav"):
+        load_tasks([str(tmp_path / "t.csv")])
