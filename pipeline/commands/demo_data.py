@@ -22,8 +22,8 @@ import click
     show_default=True,
     help="full: ~1,100 clips (the demo); small: ~250 clips (the end-to-end test); large: ~19 h, "
     "~12,000 clips of at most 10 s from 24 packages (game music and effects, sample libraries, MIDI "
-    "songs rendered; ~2 GB of downloads, ~5 GB written) with four more tasks: percussion, "
-    "phrase_family, game_music, unit_sound, and a larger instrument_family.",
+    "songs rendered; ~2 GB of downloads, ~5 GB written) with three more tasks: percussion, "
+    "phrase_family, game_music, and a larger instrument_family.",
 )
 @click.option(
     "--cache-dir",

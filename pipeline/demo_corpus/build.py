@@ -181,15 +181,6 @@ def build_demo_corpus(
                 "phrase_family", "", skipped=f"needs {FLUID_PACKAGE} and {large.midi.OPENMSX_PACKAGE}"
             )
         )
-        built.append(
-            tasks.unit_sound_task(keep(pools["unit_sound"]))
-            if pools["unit_sound"]
-            else tasks.Task(
-                "unit_sound",
-                "",
-                skipped=f"needs the {large.UNIT_SOUNDS} source (packages.SOURCES; see the problems above)",
-            )
-        )
     _write_manifests(out, [c for c, _ in planned if c.rel in written], built, corpus, spec.distill_excludes)
     for task in built:
         if task.skipped:

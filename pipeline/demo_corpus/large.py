@@ -14,7 +14,6 @@ import numpy as np
 from pipeline.demo_corpus import midi, packages, recordings, tasks
 
 Maker = Callable[[], tuple[np.ndarray, int] | None]
-UNIT_SOUNDS = "megaglest"  # the source whose unit sounds make the unit_sound task
 
 
 def source_packages() -> list[str]:
@@ -25,8 +24,7 @@ def source_packages() -> list[str]:
 def plan_packages(
     roots: dict[str, Path], planned: list[tuple[tasks.Clip, Maker]], pools: dict, problems: list[str]
 ) -> list[str]:
-    """Plan every available PackageSource; pools["game_music"] gets (clip, game, split) and
-    pools["unit_sound"] (clip, role, unit) for the MegaGlest unit sounds.
+    """Plan every available PackageSource; pools["game_music"] gets (clip, game, split).
 
     Returns the files soundfile could not read (left out, named in the README).
     """
@@ -42,7 +40,7 @@ def plan_packages(
             continue
         unreadable += bad
     splits = tasks.game_track_splits({name: [f.stem for f in fs if f.is_track] for name, fs in found.items()})
-    pools["game_music"], pools["unit_sound"] = [], []
+    pools["game_music"] = []
     reader = packages.TrackReader()
     for source in packages.SOURCES:
         root = roots.get(source.package)
@@ -65,8 +63,6 @@ def plan_packages(
                 planned.append((clip, reader.window(f, i)))
                 if split in ("test", "valid") or i in lent:
                     pools["game_music"].append((clip, source.name, split))
-                if source.name == UNIT_SOUNDS and (unit := tasks.unit_sound(f.stem)) is not None:
-                    pools["unit_sound"].append((clip, unit[1], unit[0]))
     return unreadable
 
 

@@ -170,49 +170,6 @@ def game_track_splits(tracks: dict[str, list[str]], seed: int = SEED) -> dict[tu
     return out
 
 
-UNIT_ROLES = {"attack": "attack", "ack": "voice", "select": "voice", "die": "death"}
-UNIT_SPLIT = {"test": 0.4, "valid": 0.15}  # shares of the clips, whole units at a time; the rest train
-
-
-def unit_sound(stem: str) -> tuple[str, str] | None:
-    """A MegaGlest sound file's (unit, role), or None for other sounds (walk, fly, hit...).
-
-    megapack_factions_romans_units_gladiator_sounds_guard_attack5 -> (romans_gladiator, attack);
-    megapack_commondata_sounds_swordman_die2 -> (common_swordman, death).
-    """
-    parts = stem.split("_")
-    if "sounds" not in parts or len(parts) < 4:
-        return None
-    role = UNIT_ROLES.get(parts[-1].rstrip("0123456789"))
-    if role is None:
-        return None
-    at = parts.index("sounds")
-    if parts[1] == "factions" and parts[3:4] == ["units"]:
-        return f"{parts[2]}_{'_'.join(parts[4:at])}", role
-    return "common_" + "_".join(parts[at + 1 : -1]), role
-
-
-def unit_sound_task(pool: list[tuple[Clip, str, str]], seed: int = SEED) -> Task:
-    """pool: (clip, role, unit): attack, death or voice line of a unit; split by unit, never by clip."""
-    task = Task(
-        "unit_sound",
-        "what a strategy-game unit's sound is (attack, death, voice line), MegaGlest; split by unit "
-        f"(about {UNIT_SPLIT['test']:.0%} of the clips test, {UNIT_SPLIT['valid']:.0%} valid, whole units)",
-    )
-    units: dict[str, int] = defaultdict(int)
-    for _, _, unit in pool:
-        units[unit] += 1
-    split_of, seen = {}, 0
-    for unit in sorted(units, key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()):
-        share = seen / max(1, len(pool))
-        split_of[unit] = (
-            "test" if share < UNIT_SPLIT["test"] else "valid" if share < sum(UNIT_SPLIT.values()) else "train"
-        )
-        seen += units[unit]
-    task.rows = [(clip, role, split_of[unit]) for clip, role, unit in pool]
-    return _sorted(task)
-
-
 def game_music_task(pool: list[tuple[Clip, str, str]]) -> Task:
     """pool: (clip, game, split): which game a 10 s window of music comes from, split by track."""
     task = Task(

@@ -334,9 +334,7 @@ def test_reduced_large_build_is_identical_twice_and_keeps_task_clips_out(tiny_la
     first = build_demo_corpus(tmp_path / "a", size="tiny", progress=False, download=False)
     build_demo_corpus(tmp_path / "b", size="tiny", progress=False, download=False)
     problems = [p for p in first.problems if "asterisk" not in p and "sonic-pi" not in p]
-    assert problems == [
-        "task unit_sound skipped: needs the megaglest source (packages.SOURCES; see the problems above)"
-    ], problems
+    assert not problems, problems
     assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
     mdir = tmp_path / "a" / "manifests" / "demo"
     every = read_csv(mdir / "all.csv")
@@ -407,32 +405,8 @@ def test_large_plan_has_the_sources_and_test_splits_the_issue_asks(tmp_path):
     assert len({clip.source for clip, _ in planned}) >= 8 + 4
     phrases = tasks.phrase_family_task(pools["fluidr3_phrases"], pools["timgm6mb_phrases"])
     assert phrases.counts()["test"] >= 300 and len(phrases.labels()) >= 8
-    assert tasks.unit_sound_task(pools["unit_sound"]).counts()["test"] >= 300
     assert len(pools["timgm"]) >= 300 and len(pools["timgm_drums"]) >= 300
     test_music = [c for c, _, split in pools["game_music"] if split == "test"]
     assert len(test_music) >= 300 and len({g for _, g, _ in pools["game_music"]}) >= 4
     windows = [c for c, _ in planned if "-w" in c.key]
     assert len(windows) * packages.CLIP_S / 3600 >= 10  # hours of 10 s windows alone
-
-
-def test_unit_sounds_are_split_by_unit_never_by_clip():
-    assert tasks.unit_sound("megapack_factions_romans_units_guard_sounds_guard_attack5") == (
-        "romans_guard",
-        "attack",
-    )
-    assert tasks.unit_sound("megapack_commondata_sounds_swordman_select2") == ("common_swordman", "voice")
-    assert tasks.unit_sound("megapack_factions_tech_units_x_sounds_walk1") is None
-    assert tasks.unit_sound("megapack_factions_magic_music_magic") is None
-    pool = [
-        (tasks.Clip(f"audio/u{u}-{role}{i}.wav", "megaglest-data", "", ""), role, f"u{u}")
-        for u in range(30)
-        for role in ("attack", "death", "voice")
-        for i in range(1 + u % 3)
-    ]
-    task = tasks.unit_sound_task(pool)
-    split_of: dict[str, set[str]] = {}
-    for clip, _, split in task.rows:
-        split_of.setdefault(clip.rel.split("-")[0], set()).add(split)
-    assert all(len(s) == 1 for s in split_of.values())
-    counts = task.counts()
-    assert 0.35 <= counts["test"] / len(pool) <= 0.5 and counts["valid"] and counts["train"]
