@@ -111,6 +111,7 @@ class CacheStore:
                 f"{self.path} is not an ssondo cache (format {self.attrs.get('format')!r})"
             )
         self._offsets = np.asarray(self.attrs["shard_offsets"], dtype=np.int64)
+        self._layout: dict[str, Any] = {}  # array name -> opened array, for file names
 
     # ---- shape
     @property
@@ -184,17 +185,24 @@ class CacheStore:
     # ---- integrity
     def block_file(self, array: str, block: int) -> Path:
         """The file holding ``array``'s rows of ``block`` (one zarr shard, or one chunk for n_windows)."""
-        arr = self._group[array]
+        if array not in self._layout:  # opening an array reads its zarr.json: once per array
+            self._layout[array] = self._group[array]
+        arr = self._layout[array]
         return self.path / array / arr.metadata.encode_chunk_key((block,) + (0,) * (arr.ndim - 1))
 
-    def missing_files(
-        self, blocks: list[int] | None = None, arrays: tuple[str, ...] = ROW_ARRAYS
-    ) -> list[Path]:
+    def missing_files(self, blocks: range | None = None, arrays: tuple[str, ...] = ROW_ARRAYS) -> list[Path]:
         """Files absent for blocks marked done (all done blocks by default): a done block read back
-        without its file would be zarr's fill value (NaN), never an error."""
-        done = self.done()
+        without its file would be zarr's fill value (NaN), never an error. Only the ``done`` flags of
+        ``blocks`` are read (one small file each), so a reader pays a few stats per block read."""
         todo = range(self.n_blocks) if blocks is None else blocks
-        return [f for k in todo if done[k] for a in arrays if not (f := self.block_file(a, k)).is_file()]
+        done = np.asarray(self._group["done"][todo.start : todo.stop], dtype=bool) if len(todo) else []
+        return [
+            f
+            for k, is_done in zip(todo, done, strict=True)
+            if is_done
+            for a in arrays
+            if not (f := self.block_file(a, k)).is_file()
+        ]
 
     def verify_block(self, block: int) -> None:
         """Read every array of a done block and check it: files present and decodable, every valid
@@ -217,7 +225,7 @@ class CacheStore:
         """Rows [start, stop) of ``array``, refusing a done block whose file is missing or unreadable."""
         if stop <= start:
             return np.asarray(self._group[array][start:stop])
-        blocks = list(range(start // self.block_size, (stop - 1) // self.block_size + 1))
+        blocks = range(start // self.block_size, (stop - 1) // self.block_size + 1)
         missing = self.missing_files(blocks, (array,))
         if missing:
             block = int(missing[0].relative_to(self.path / array).parts[1])
