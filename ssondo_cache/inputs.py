@@ -73,6 +73,8 @@ def list_sources(
 def read_labels_csv(path: str | Path) -> dict[str, tuple[tuple[str, ...], str | None]]:
     """A labels table (CSV or Parquet) with `labels` and `key` or `path` (optional `split`) ->
     {key or absolute path: (labels, split)}."""
+    if (kind := _not_regular(str(path))) is not None:
+        raise PackInputError(f"labels table {path} is a {kind}, not a regular file")
     rows = _read_rows(Path(path))
     if rows and "labels" not in rows[0]:
         raise PackInputError(f"{path}: a labels table needs a `labels` column (found {sorted(rows[0])})")

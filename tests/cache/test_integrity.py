@@ -212,3 +212,14 @@ def test_fifo_in_the_input_folder_is_skipped_without_opening_it(tmp_path: Path) 
     (rej,) = read_rejects(tmp_path / "work").to_pylist()
     assert rej["path"].endswith("pipe.wav") and "FIFO" in rej["detail"]
     assert pq.read_schema(Workspace(tmp_path / "work").clips_manifest).field("crc32c") is not None
+
+
+@pytest.mark.timeout(60)  # before the fix, open() blocked here forever
+def test_a_fifo_given_as_a_list_or_labels_table_is_refused_without_opening_it(tmp_path: Path) -> None:
+    from ssondo_cache.inputs import PackInputError, list_sources, read_labels_csv
+
+    os.mkfifo(tmp_path / "list.csv")  # opening it for reading would block until a writer comes
+    with pytest.raises(PackInputError, match=r"list\.csv is a FIFO"):
+        list_sources([tmp_path / "list.csv"])
+    with pytest.raises(PackInputError, match=r"labels table .*list\.csv is a FIFO"):
+        read_labels_csv(tmp_path / "list.csv")
