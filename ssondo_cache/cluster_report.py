@@ -13,13 +13,13 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ssondo_cache.atomic import atomic_path, write_json
-from ssondo_cache.kmeans import sample_indices
+from ssondo_cache.kmeans import sample_indices, sample_rng
 
 
 def metric_sample_indices(n: int, size: int, seed: int) -> np.ndarray:
     """The fixed sample (sorted indices) the pairwise metrics and the projection plot use: kmeans'
-    sample_indices rule with a fresh generator of `seed` (what cluster_cache picks from its stream)."""
-    idx = sample_indices(n, size, np.random.default_rng(seed))
+    sample_indices rule with sample_rng(seed, 1) (what cluster_cache picks from its stream)."""
+    idx = sample_indices(n, size, sample_rng(seed, 1))
     return np.arange(n) if idx is None else idx
 
 

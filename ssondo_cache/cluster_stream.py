@@ -25,6 +25,7 @@ from ssondo_cache.kmeans import (
     faiss_device,
     l2_normalize_,
     nonfinite_rows,
+    sample_rng,
     train,
 )
 
@@ -64,8 +65,8 @@ def scan_points(
 ) -> Points:
     """Read the cache once, one tar shard at a time: count the points, check they are finite, keep the
     training sample (`train_size` points, sample_indices' rule with seed) and the metric sample."""
-    train_s = StreamSample(train_size, np.random.default_rng(seed))
-    metric_s = StreamSample(metric_sample, np.random.default_rng(seed))
+    train_s = StreamSample(train_size, sample_rng(seed))
+    metric_s = StreamSample(metric_sample, sample_rng(seed, 1))
     rows, windows, bad = [], [], 0
     for pts, r, w in iter_points(store, level, progress):
         bad += nonfinite_rows(pts)
@@ -101,14 +102,13 @@ class Fitted:
 def fit_sample(points: Points, k: int, sample: int | None, seed: int, normalize: bool, device: str, opts: dict,
          progress: bool) -> Fitted:  # fmt: skip
     """Train k-means for one k on its share of the training sample: the points kmeans(X, k, seed=seed,
-    sample=sample) trains on, with the random generator in the same state."""
+    sample=sample) trains on, with the same random generators."""
     t0 = time.perf_counter()
     n, d = len(points.rows), points.metric_x.shape[1]
     size = default_sample(k, d) if sample is None else sample or n
     _, Xt = points.train.result(max(size, k))
     Xt = l2_normalize_(Xt) if normalize else Xt  # result() returned a copy
     rng = np.random.default_rng(seed)
-    rng.bit_generator.advance(n)  # as if sample_indices had drawn one key per point
     used, reason = faiss_device(device)
     fit = train(Xt, k, rng, seed, normalize, used, progress=progress, **opts)
     return Fitted(

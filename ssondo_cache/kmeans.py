@@ -235,6 +235,13 @@ def default_sample(k: int, d: int) -> int:
     return max(min(SAMPLE_PER_CENTROID * k, cap), SAMPLE_MIN_PER_CENTROID * k)
 
 
+def sample_rng(seed: int, stream: int = 0) -> np.random.Generator:
+    """The generator of sample keys (stream 0: training sample, 1: metric sample): a stream of `seed` of
+    its own, independent of the generator seeding uses, and of data made with default_rng(seed) (whose
+    first uniforms would otherwise pick a biased sample, e.g. numpy's choice(p=...) in benchmarks)."""
+    return np.random.default_rng([0x55A3, stream, seed])
+
+
 def sample_indices(n: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
     """Sorted indices of the `size` points of smallest key among n, keys = rng.random(n) (one draw per
     point, always taken), or None when size >= n (all points). StreamSample picks the same points from a
@@ -376,9 +383,9 @@ def kmeans(
     log.info("k-means k=%d on %d x %d points, faiss device %s (%s)", k, n, d, used, reason)
     if normalize:
         X = l2_normalize_(X.copy() if copy else X)
-    rng = np.random.default_rng(seed)
     size = default_sample(k, d) if sample is None else sample or n
-    train_idx = sample_indices(n, max(size, k), rng)
+    train_idx = sample_indices(n, max(size, k), sample_rng(seed))
+    rng = np.random.default_rng(seed)
     Xt = X if train_idx is None else X[train_idx]
     fit = train(Xt, k, rng, seed, normalize, used, max_iter, tol, init_sample, n_init, progress)
     labels, d2 = assign(X, fit.centroids, used)
