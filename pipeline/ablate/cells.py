@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ablate.grid import Cell, Grid, eval_key
+from ssondo_cache import lifecycle
 from ssondo_cache.atomic import write_json, write_text
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.typed_config import ConfigError, to_dict
@@ -136,6 +137,8 @@ def run_cell(grid: Grid, cell: Cell, out: Path, progress: bool = False) -> dict[
         )
         (scores,) = _scores(report, "student").values()
         outcome = {"status": "done", "scores": scores, "train": _plain(result)}
+    except lifecycle.Stopped:  # preemption: not a failure, the cell resumes on the next launch
+        raise
     except Exception as err:  # recorded; the grid goes on with the next cell
         outcome = _failure(run, err)
     return _record(run, grid, started, {"unit": cell.name, "key": cell.key, **outcome})
@@ -172,6 +175,8 @@ def run_reference(grid: Grid, out: Path, progress: bool = False) -> dict[str, An
             "teacher": _scores(report, "teacher"),
             "baseline": _scores(report, "baseline"),
         }
+    except lifecycle.Stopped:  # preemption: not a failure, the cell resumes on the next launch
+        raise
     except Exception as err:  # recorded: the report then has no retention figures, and says why
         outcome = _failure(folder, err)
     return _record(folder, grid, started, {"unit": REFERENCE, "eval": to_dict(e), **outcome})

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import re
 import shlex
-import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,10 @@ from queue import Empty
 from typing import Any
 
 from pipeline.ablate import cells as units
-from pipeline.ablate.claims import STALE_AFTER, try_claim
 from pipeline.ablate.grid import Grid, eval_key, load_grid
+from ssondo_cache import lifecycle
 from ssondo_cache.atomic import write_json
+from ssondo_cache.claims import STALE_AFTER, try_claim
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.typed_config import ConfigError, to_dict
 from ssondo_cache.workspace import Workspace
@@ -194,12 +194,15 @@ def run_units(
     since: float,
     progress: bool = False,
     stale_after: float = STALE_AFTER,
+    result: LaunchResult | None = None,
 ) -> LaunchResult:
-    """Run every unit of ``names`` that is not finished and not claimed by a live launch."""
-    result = LaunchResult(out)
+    """Run every unit of ``names`` that is not finished and not claimed by a live launch, filling
+    ``result``; a stop signal (within lifecycle.stop_on_signals) ends it between or inside units."""
+    result = result if result is not None else LaunchResult(out)
     by_name = {c.name: c for c in grid.cells}
     pace: list[float] = []  # seconds per cell run here
     for name in names:
+        lifecycle.raise_if_stopped(lambda: f"{len(result.ran)} unit(s) finished in {out}")
         folder = (
             units.reference_dir(out, grid) if name == units.REFERENCE else units.run_dir(out, by_name[name])
         )
@@ -232,19 +235,8 @@ def run_units(
     return result
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGTERM to this process when its parent dies."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before the call
-        os._exit(1)
-
-
 def _job(source: str, overrides: dict[str, Any], out: str, names: list[str], since: float, threads: int,
          gpu: str | None, progress: bool, stale_after: float, queue: Any) -> None:  # fmt: skip
-    _die_with_parent()
     logging.basicConfig(level=logging.INFO, format=f"[job {os.getpid()}] %(message)s")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if gpu is not None:
@@ -252,7 +244,13 @@ def _job(source: str, overrides: dict[str, Any], out: str, names: list[str], sin
     import torch
 
     torch.set_num_threads(threads)
-    res = run_units(load_grid(source, overrides), Path(out), names, since, progress, stale_after)
+    res = LaunchResult(Path(out))
+    try:
+        with lifecycle.stop_on_signals():  # SLURM signals every process of the job: each stops cleanly
+            res = run_units(load_grid(source, overrides), Path(out), names, since, progress, stale_after, res)
+    except lifecycle.Stopped as stop:
+        queue.put({k: getattr(res, k) for k in ("ran", "skipped", "busy", "failed")})
+        sys.exit(stop.exit_code)
     queue.put({k: getattr(res, k) for k in ("ran", "skipped", "busy", "failed")})
 
 
@@ -271,7 +269,7 @@ def run_jobs(grid: Grid, out: Path, names: list[str], since: float, jobs: int, t
     threads (default: the cores split evenly) and, when there are GPUs, one of them in turn."""
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     gpus = _gpus()
-    ctx = mp.get_context("spawn")  # no forked torch state
+    ctx = lifecycle.child_context("spawn", workers=False)  # no forked torch state; dies with this process
     queue = ctx.Queue()
     procs = [
         ctx.Process(
@@ -295,8 +293,15 @@ def run_jobs(grid: Grid, out: Path, names: list[str], since: float, jobs: int, t
     for p in procs:
         p.start()
         time.sleep(0.5)  # staggered: the first job claims the first unit before the next one looks
-    for p in procs:
-        p.join()
+    forwarded = False
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            p.join(0.5)
+        if lifecycle.stop_requested() and not forwarded:  # a stop sent to this process alone
+            for p in procs:
+                if p.is_alive():
+                    os.kill(p.pid, lifecycle.stop_requested())
+            forwarded = True
     result = LaunchResult(out)
     while True:
         try:
@@ -305,6 +310,9 @@ def run_jobs(grid: Grid, out: Path, names: list[str], since: float, jobs: int, t
             break
         for k, v in part.items():
             getattr(result, k).extend(v)
+    lifecycle.raise_if_stopped(
+        lambda: f"{len(result.ran)} unit(s) finished in {out}; the one in flight resumes"
+    )
     crashed = [j for j, p in enumerate(procs) if p.exitcode != 0]
     if crashed:
         raise RuntimeError(

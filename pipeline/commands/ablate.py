@@ -10,6 +10,7 @@ import click
 
 from pipeline.commands.evaluate import DefaultGroup
 from pipeline.commands.options import key_values
+from pipeline.stopping import stops_cleanly
 
 
 class AblateGroup(DefaultGroup):
@@ -47,6 +48,7 @@ def ablate() -> None:
 )
 @click.option("--no-report", is_flag=True, help="Do not write DIR/report at the end.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@stops_cleanly("ablate", "run the same command again (finished cells are kept, the one in flight resumes)")
 def run(grid: Path, out: Path | None, jobs: int, threads: int | None, array: bool, print_sbatch: bool,
         sbatch_options: tuple[str, ...], sets: tuple[str, ...], force: bool, no_report: bool, no_progress: bool) -> None:  # fmt: skip
     """Every cell of GRID (crossed axes, zip groups) is one RUN folder DIR/runs/<slug>-<hash>, trained with

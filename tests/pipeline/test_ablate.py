@@ -16,11 +16,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.ablate import claims
 from pipeline.ablate.grid import load_grid
 from pipeline.ablate.launch import check_caches, plan_dict, run_grid, write_plan
 from pipeline.ablate.report import write_ablation_report
 from pipeline.cli import main
+from ssondo_cache import claims
 from ssondo_cache.atomic import write_json
 from ssondo_cache.typed_config import ConfigError
 
