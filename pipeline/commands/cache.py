@@ -55,7 +55,7 @@ def info(work: Path, verify: bool) -> None:
                 _seconds(c.hop, format_seconds),
                 f"{c.rows_done}/{c.rows_total}"
                 + ("" if c.rows_done == c.rows_total else " (incomplete)")
-                + (f" ({len(c.missing_files)} files MISSING)" if c.missing_files else ""),
+                + (f" ({len(c.missing_files)} file(s) MISSING)" if c.missing_files else ""),
                 _size(c.size_bytes),
                 match,
             )
@@ -64,8 +64,8 @@ def info(work: Path, verify: bool) -> None:
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     problems = [
-        f"{f} is missing but its block is marked done: re-extract that block (or delete {c.path} and "
-        "run `ssondo extract` again)"
+        f"{f} is missing but block {f.relative_to(c.path).parts[2]} is marked done: re-extract that block "
+        f"(or delete {c.path} and run `ssondo extract` again)"
         for c in caches
         for f in c.missing_files
     ]

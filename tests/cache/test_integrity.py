@@ -117,7 +117,8 @@ def test_deleted_zarr_shard_of_a_done_block_is_named_by_info_and_refused_by_read
     (info,) = list_caches(work)
     assert info.missing_files == (lost,) and not info.complete
     res = CliRunner().invoke(cli, ["cache", "info", str(work)])
-    assert res.exit_code == 1 and "files MISSING" in res.output and str(lost) in res.output
+    assert res.exit_code == 1 and "file(s) MISSING" in res.output
+    assert f"{lost} is missing but block 2 is marked done" in res.output
     a, b = store.block_rows(2)
     with pytest.raises(CacheBlockError, match=f"{lost} is missing but block 2 is marked done"):
         store.read_clip(a, b)
@@ -144,7 +145,7 @@ def test_verify_reads_every_block_and_names_the_bad_ones(extracted) -> None:
     assert str(emb_file) in problems[1] and "unreadable" in problems[1]
     res = CliRunner().invoke(cli, ["cache", "info", str(work), "--verify"])
     assert res.exit_code == 1 and "2 damaged" in res.output
-    assert "files MISSING" not in res.output  # every file is there: only --verify sees this
+    assert "file(s) MISSING" not in res.output  # every file is there: only --verify sees this
 
 
 # ---------------------------------------------------------------- pack inputs
