@@ -153,12 +153,13 @@ def results_markdown(report: dict) -> str:
         )
     refused = [(t["name"], r) for t in tasks for r in t.get("refused", [])]
     outside = [(t["name"], p) for t in tasks for p in t.get("outside_root", [])]
+    shown = 20  # results.json lists them all
     if refused:
-        lines += ["", f"Refused items ({len(refused)}, left out of every score):", ""]
-        lines += [f"- {n}: `{r['path']}` {r['reason']} ({r['detail']})" for n, r in refused]
+        lines += ["", f"Refused items ({len(refused)}, left out of every score; all in results.json):", ""]
+        lines += [f"- {n}: `{r['path']}` {r['reason']} ({r['detail']})" for n, r in refused[:shown]]
     if outside:
-        lines += ["", f"Audio outside its task's folder ({len(outside)}, used):", ""]
-        lines += [f"- {n}: `{p}`" for n, p in outside]
+        lines += ["", f"Audio outside its task's folder ({len(outside)}, used; all in results.json):", ""]
+        lines += [f"- {n}: `{p}`" for n, p in outside[:shown]]
     lines += ["", "## Models", ""]
     for m in report["models"]:
         lines.append(f"- **{m['label']}** ({m['kind']}): `{m['cache_id']}`")

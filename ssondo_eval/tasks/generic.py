@@ -79,8 +79,11 @@ def csv_task(
     root: str | Path | None = None,
     clip_seconds: float | None = None,
     label_sep: str = LABEL_SEP,
+    folder: str | Path | None = None,
 ) -> Task:
-    """A CSV with columns path, labels (or label), split (or fold) -> a task (see the module docstring)."""
+    """A CSV with columns path, labels (or label), split (or fold) -> a task (see the module docstring).
+
+    Audio outside ``folder`` (default: where relative paths start) is used and listed in the report."""
     path = require(Path(path), "task CSV")
     base = Path(root) if root is not None else path.parent
     with open(path, newline="", encoding="utf-8") as f:
@@ -109,7 +112,7 @@ def csv_task(
     if not items:
         raise ValueError(f"{path}: no rows")
     require_files(name or path.stem, [i.path for i in items if i.path is not None])
-    items, refused, outside = screen_items(name or path.stem, items, base)
+    items, refused, outside = screen_items(name or path.stem, items, Path(folder) if folder else base)
     multilabel = any(len(i.labels) != 1 for i in items)
     classes = sorted({lab for i in items for lab in i.labels})
     return Task(
@@ -141,7 +144,7 @@ def demo_tasks(root: str | Path) -> list[Task]:
             f"no task CSVs (with labels and split columns) in {folder}; build them with "
             f"`ssondo demo-data --out {folder.parent.parent}`"
         )
-    return [csv_task(p, name=f"demo-{p.stem}") for p in csvs]
+    return [csv_task(p, name=f"demo-{p.stem}", folder=folder.parent.parent) for p in csvs]
 
 
 def _is_task_csv(path: Path) -> bool:

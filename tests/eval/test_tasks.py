@@ -247,8 +247,9 @@ def test_demo_tasks_from_manifests(tmp_path):
     assert task.name == "demo-pitch" and [len(x) for x in task.folds()[0]] == [2, 2, 2]
     assert task.items[0].path.resolve() == (tmp_path / "audio" / "notes" / "0.wav").resolve()
     assert task.items[0].key == "notes-0"
+    assert task.outside_root == []  # ../../audio is inside the demo folder, the task's folder
     (same,) = load_tasks([f"demo:{mdir}"])
-    assert same.fingerprint() == task.fingerprint()
+    assert same.fingerprint() == task.fingerprint() and same.outside_root == []
 
 
 def test_unreadable_file_is_refused_and_listed_the_rest_kept(tmp_path):
