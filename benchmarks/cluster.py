@@ -1,9 +1,10 @@
-"""ssondo's FAISS k-means vs scikit-learn MiniBatchKMeans with the reference code's parameters.
+"""ssondo's k-means (ssondo_cache/kmeans.py, defaults) vs scikit-learn MiniBatchKMeans with the reference's
+parameters, on the same data in one run; inertia recomputed for both on ALL points with the same exact search.
 
-Reference (S-SONDO's balanced sampling): MiniBatchKMeans(k=50, init="k-means++", max_iter=100,
-batch_size=10000, n_init=10, reassignment_ratio=0). Target: equal or lower inertia, at least 2x faster,
-on 200k x 768 and 200k x 3840 float32 embeddings. Both fits run in this process on the same data;
-inertia is recomputed for both on ALL points with the same exact search.
+Reference (training_ssondo/cluster_teachers_embeddings/learn_kmeans.py + config.py, `use_fit=True` on the
+whole set): MiniBatchKMeans(n_clusters=50, init="k-means++", max_iter=100, batch_size=10000, tol=0.0,
+max_no_improvement=100, init_size=None, n_init=10, reassignment_ratio=0.0, compute_labels=True,
+random_state=42). Target (issue 18): >= 10x faster at <= its inertia on 200k x 768 and 200k x 3840.
 
 The data is a synthetic but clustered stand-in for teacher embeddings: a Gaussian mixture of 200
 components with Zipf-like sizes (a few huge, many tiny, like AudioSet's classes) and per-component
@@ -11,6 +12,7 @@ spreads, living in a 64-d subspace projected to D dimensions, plus isotropic noi
 
     .venv/bin/python benchmarks/cluster.py                  # 200k x 768 and 200k x 3840, CPU
     .venv/bin/python benchmarks/cluster.py --n 50000        # smaller
+    .venv/bin/python benchmarks/cluster.py --sample-sweep   # the default training sample, measured
     .venv/bin/python benchmarks/cluster.py --gpu            # also 2M x 3840 with FAISS on the GPU
 """
 
@@ -18,12 +20,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 import faiss
 import numpy as np
 
-from ssondo_cache.kmeans import assign, kmeans
+from ssondo_cache.kmeans import (
+    INIT_MIN,
+    INIT_PER_CENTROID,
+    N_INIT,
+    SAMPLE_PER_CENTROID,
+    assign,
+    kmeans,
+)
 
 
 def synthetic_embeddings(
@@ -50,15 +60,39 @@ def inertia(X: np.ndarray, centroids: np.ndarray, device: str = "cpu") -> float:
     return float(d2.sum(dtype=np.float64))
 
 
-def run_sklearn(X: np.ndarray, k: int, seed: int) -> tuple[float, np.ndarray]:
+REFERENCE = {"init": "k-means++", "max_iter": 100, "batch_size": 10000, "tol": 0.0, "max_no_improvement": 100,
+             "init_size": None, "n_init": 10, "reassignment_ratio": 0.0, "compute_labels": True}  # fmt: skip
+
+
+def run_sklearn(X: np.ndarray, k: int, seed: int, threads: int) -> tuple[float, np.ndarray]:
     from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
-    mbk = MiniBatchKMeans(
-        n_clusters=k, init="k-means++", max_iter=100, batch_size=10000, n_init=10,
-        reassignment_ratio=0, random_state=seed,
-    ).fit(X)  # fmt: skip
+    with threadpool_limits(threads):
+        mbk = MiniBatchKMeans(n_clusters=k, random_state=seed, **REFERENCE).fit(X)
     return time.perf_counter() - t0, mbk.cluster_centers_.astype(np.float32)
+
+
+def sample_sweep(X: np.ndarray, k: int, seed: int, per_centroid: list[int]) -> None:
+    """Inertia on ALL points of Lloyd trained on p points per centroid vs on all points, from the SAME
+    seeds (so the figure is the sampling's, not a different local optimum's)."""
+    from ssondo_cache import kmeans as km
+
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    index = km._flat_index(d, "cpu")
+    for rep in range(2):
+        Xi = X[np.sort(rng.choice(n, min(n, 20_000), replace=False))]
+        c0 = np.ascontiguousarray(Xi[km.kmeans_plusplus(Xi, k, rng)[0]])  # (k, D) shared seeds
+        c_all, _ = km._lloyd(X, c0.copy(), index, False, seed, 100, 1e-4, False, "")
+        i_all = inertia(X, c_all)
+        line = [f"seeds {rep}: all {n} points inertia {i_all:.6g};"]
+        for p in per_centroid:
+            idx = np.sort(rng.choice(n, min(n, p * k), replace=False))
+            c, _ = km._lloyd(X[idx], c0.copy(), index, False, seed, 100, 1e-4, False, "")
+            line.append(f"{p}/centroid {inertia(X, c) / i_all - 1:+.3%}")
+        print(" ".join(line), flush=True)
 
 
 def run_ssondo(X: np.ndarray, k: int, seed: int, device: str) -> tuple[float, np.ndarray, int]:
@@ -72,30 +106,38 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000, help="points per CPU case (default 200000)")
     ap.add_argument("--dims", default="768,3840", help="comma-separated dimensions (default 768,3840)")
     ap.add_argument("--k", type=int, default=50, help="clusters (default 50)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=42, help="random_state of both (default 42, the reference's)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS/OpenMP threads of both")
+    ap.add_argument("--sample-sweep", action="store_true", help="measure the training sample's cost instead")
     ap.add_argument("--gpu", action="store_true", help="also time FAISS on the GPU on --gpu-n x 3840")
     ap.add_argument("--gpu-n", type=int, default=2_000_000, help="points of the GPU case (default 2000000)")
     args = ap.parse_args()
 
-    print(f"threads: faiss/OpenMP {faiss.omp_get_max_threads()}, cpus {os.cpu_count()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(
-        f"k={args.k}, seed={args.seed}; sklearn = MiniBatchKMeans(k-means++, max_iter=100, batch_size=10000,"
-    )
-    print("n_init=10, reassignment_ratio=0); ssondo = FAISS Lloyd on all points, greedy k-means++ seeding")
+    faiss.omp_set_num_threads(args.threads)
+    print(f"threads {args.threads} (faiss/OpenMP {faiss.omp_get_max_threads()}), cpus {os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.1f}; k={args.k}, seed={args.seed}")  # fmt: skip
+    print(f"sklearn = MiniBatchKMeans({', '.join(f'{a}={v!r}' for a, v in REFERENCE.items())})")
+    print(f"ssondo = ssondo_cache.kmeans.kmeans defaults: {SAMPLE_PER_CENTROID} training points per centroid, "
+          f"n_init={N_INIT}, seeding on max({INIT_MIN}, {INIT_PER_CENTROID} k) points, every point assigned")  # fmt: skip
     header = f"{'n x d':>14} {'sklearn s':>10} {'ssondo s':>9} {'speed-up':>9} {'sklearn inertia':>16} {'ssondo inertia':>15} {'inertia ratio':>14} {'iters':>6}"
-    print(header)
+    if not args.sample_sweep:
+        print(header)
     for d in (int(x) for x in args.dims.split(",")):
-        X = synthetic_embeddings(args.n, d, seed=args.seed)
-        t_sk, c_sk = run_sklearn(X, args.k, args.seed)
+        X = synthetic_embeddings(args.n, d, seed=0)
+        if args.sample_sweep:
+            print(f"{args.n} x {d}:", flush=True)
+            sample_sweep(X, args.k, args.seed, [128, 256, 512, 1024])
+            continue
+        t_sk, c_sk = run_sklearn(X, args.k, args.seed, args.threads)
         t_ss, c_ss, iters = run_ssondo(X, args.k, args.seed, "cpu")
         i_sk, i_ss = inertia(X, c_sk), inertia(X, c_ss)
         print(
-            f"{f'{args.n} x {d}':>14} {t_sk:10.1f} {t_ss:9.1f} {t_sk / t_ss:8.2f}x {i_sk:16.6g} {i_ss:15.6g} "
+            f"{f'{args.n} x {d}':>14} {t_sk:10.1f} {t_ss:9.2f} {t_sk / t_ss:8.2f}x {i_sk:16.6g} {i_ss:15.6g} "
             f"{i_ss / i_sk:14.4f} {iters:6d}",
             flush=True,
         )
         del X
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
     if args.gpu:
         if faiss.get_num_gpus() == 0:
             raise SystemExit("--gpu: FAISS sees no GPU")

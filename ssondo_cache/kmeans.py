@@ -4,18 +4,20 @@ nearest-centroid assignment of every point in fixed tiles. Knows nothing about c
 
 Choices that are deliberate, not accidents:
 - Lloyd iterations run on a random training sample (default_sample: SAMPLE_PER_CENTROID points per
-  centroid, at most SAMPLE_BYTES of float32), then every point is assigned. Sampling error adds about
-  1 / (points per centroid) to the inertia (a centroid is the mean of its training points); the default is
-  the measured point where the inertia on ALL points stays within 0.2 % of training on all of them
-  (benchmarks/cluster.py --sample-sweep). FAISS itself would subsample to 256 points per centroid:
-  `max_points_per_centroid` is set to the training-set size so the sample is ours, not FAISS's.
+  centroid, at most SAMPLE_BYTES of float32), then every point is assigned. Measured (benchmarks/
+  cluster.py --sample-sweep, 200k x 768, k=50, Lloyd from the same seeds, inertia on ALL points vs
+  training on all): 512 per centroid +0.37 % / +0.74 %, 1024 per centroid -0.26 % / -0.54 % (two
+  seedings; which local optimum a run lands in moves the figure by more than the sampling does).
+  FAISS itself would subsample to 256 points per centroid: `max_points_per_centroid` is set to the
+  training-set size so the sample is ours, not FAISS's.
 - Seeding is greedy k-means++ (the variant scikit-learn uses: 2 + ln k candidates per step, keep the one
   that lowers the potential most), vectorised with one GEMM per step. FAISS 1.15's own k-means++ is a
   plain single-threaded D^2 sampler over every point. Seeding runs on a fixed random subset of
   max(INIT_MIN, INIT_PER_CENTROID k) training points because each step reads every seeding point once.
-  `n_init` seedings each get Lloyd iterations on that subset; the one with the lowest inertia there is
-  refined on the training sample (cheap restarts: one k-means++ run alone often lands in a worse optimum
-  than MiniBatchKMeans' best-of-10).
+  `n_init` seedings (N_INIT) each get Lloyd iterations on that subset; the one with the lowest inertia
+  there is refined on the training sample. Many cheap restarts are what reaches MiniBatchKMeans'
+  inertia: on benchmarks/cluster.py's data, single full-data Lloyd runs ended 1.9-2.5 % above it, best
+  of 4 on 20k points +0.8 to +1.1 %, best of 16 on 5k points -0.5 to +0.2 %, best of 32 -0.5 %.
 - Iterations stop when the objective improves by less than `tol` (relative), at most `max_iter`.
 - Assignment searches tiles of ASSIGN_TILE consecutive points whatever blocks they arrive in, so a
   cache streamed one tar shard at a time is labelled exactly as the whole array at once.
@@ -37,11 +39,11 @@ from ssondo_cache.devices import pick_device
 
 log = logging.getLogger(__name__)
 
-SAMPLE_PER_CENTROID = 512  # training points per centroid by default (measured: see the module docstring)
+SAMPLE_PER_CENTROID = 1024  # training points per centroid by default (measured: see the module docstring)
 SAMPLE_MIN_PER_CENTROID = 256  # the byte cap never cuts below this
 SAMPLE_BYTES = 1 << 30  # the default training sample holds at most this much float32 (1 GiB)
-INIT_MIN, INIT_PER_CENTROID = 20_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points
-N_INIT = 4  # seedings tried on the seeding subset
+INIT_MIN, INIT_PER_CENTROID = 5_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points
+N_INIT = 32  # seedings tried on the seeding subset (each: k-means++ + Lloyd there)
 ASSIGN_TILE = 4096  # points per assignment search (a (4096, 3840) float32 tile is 63 MB)
 
 

@@ -434,7 +434,7 @@ def test_cli(workspace: Path, tmp_path: Path):
     helptext = runner.invoke(cli, ["cluster", "--help"]).output
     assert "--normalize" in helptext and "--level" in helptext and "default: auto" in helptext
     flat = " ".join(helptext.split())
-    assert "--sample" in flat and "[default: 512 per centroid" in flat and "0: all of them" in flat
+    assert "--sample" in flat and "[default: 1024 per centroid" in flat and "0: all of them" in flat
 
 
 def test_real_teacher_embeddings(tmp_path: Path):
