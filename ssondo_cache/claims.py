@@ -1,12 +1,17 @@
-"""Claim files: two launches on one grid folder split its units instead of repeating them.
+"""Claim files: two jobs on one workspace split its units (ablation cells, cache blocks, tar
+shards) instead of repeating them.
 
-A claim is ``DIR/claims/<unit>.json``, created with O_CREAT|O_EXCL (exactly one creator wins),
-holding its owner's host, pid and a random token; the owner touches it every ``heartbeat`` seconds.
-Staleness rule: a claim is stale when its owner is on this host and its pid is gone, or when it has
-not been touched for ``stale_after`` seconds (an owner on another node that was killed). A stale
-claim is taken over by renaming it aside first: of several launches that judged it stale, one
-rename succeeds, and a launch that renamed a fresh claim by mistake (its token is not the stale
-one) puts it back with a hard link, which never overwrites.
+A claim is ``DIR/<unit>.json``, created with O_CREAT|O_EXCL (exactly one creator wins), holding its
+owner's host, pid and a random token; the owner touches it every ``heartbeat`` seconds while it works.
+Staleness rule, so that a preempted owner never blocks a resubmit:
+- owner on THIS host whose pid is gone (kill -9, preemption, a crash): stale at once;
+- otherwise (owner on another node, or a pid that was reused): stale once not touched for
+  ``stale_after`` seconds (STALE_AFTER = 10 minutes, 20 missed heartbeats: longer than any pause
+  of a live owner's heartbeat thread, shorter than a requeued SLURM job takes to start again).
+A stale claim is taken over by renaming it aside first: of several jobs that judged it stale, one
+rename succeeds, and a job that renamed a fresh claim by mistake (its token is not the stale one)
+puts it back with a hard link, which never overwrites. A claim only says who is computing a unit;
+whether a unit is finished is the artifact's own record (re-checked after claiming it).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Data path:
    shard, int16 or resampled f32)     -> float32 mean over valid windows = clip embedding
                                       -> block complete: write it whole (background thread), mark done
 Work is split by block (= tar shard when packing kept shards full): rank r of w owns blocks
-k % w == r, and its DataLoader workers take whole blocks round-robin.
+k % w == r; of those, a process computes the blocks no other job on the workspace has claimed
+(``block_feed``: a double-submitted job splits the work instead of repeating it), and its DataLoader
+workers take whole blocks from a queue.
 
 Determinism: what goes into each teacher forward is planned from the manifest alone, per tar
 shard (``extract_items.plan_items``), so a clip meets the same batch-mates whatever the number of
@@ -19,20 +21,25 @@ cache's identity for that reason.
 from __future__ import annotations
 
 import logging
+import queue
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from ssondo_cache import lifecycle
+from ssondo_cache.block_feed import BlockFeed, QueuedBlocks
 from ssondo_cache.devices import resolve_device
-from ssondo_cache.extract_items import PCM16_SCALE, BlockItems, Plan, Resampler, block_work, make_plan
+from ssondo_cache.errors import SsondoError
+from ssondo_cache.extract_items import PCM16_SCALE, Plan, Resampler, block_work, make_plan
 from ssondo_cache.manifests import clips_fingerprint, read_clips, table_meta
 from ssondo_cache.provenance import code_version
 from ssondo_cache.store import CacheStore, cache_path, create_or_open
@@ -51,7 +58,7 @@ class ExtractResult:
     name: str  # <teacher_id>/ts<TS>-hop<HOP>, what `--cache` takes later
     device: str
     blocks_written: int  # by this process, this run (a block = a tar shard when packing kept them full)
-    blocks_skipped: int  # of this rank's share, already done before this run
+    blocks_skipped: int  # of this rank's share, done before this run or by another job meanwhile
     clips: int  # clips embedded by this process, this run
     seconds: float  # the whole loop: worker start-up, compilation and writing included
     warmup_seconds: float  # until the first item was embedded (worker start-up, first forward / compilation)
@@ -211,6 +218,7 @@ def extract(
     progress: bool = True,
     teacher_options: dict[str, Any] | None = None,
     resample_on: str = "auto",
+    redo_blocks: Sequence[int] = (),
 ) -> ExtractResult:
     """Embed every clip of WORK's packed corpus with a teacher at temporal support ``ts``/``hop``.
 
@@ -218,7 +226,8 @@ def extract(
     (0 = decode in this process). rank/world_size: this process owns blocks (= tar shards when the
     pack kept every shard full) k with k % world_size == rank. Finished blocks are skipped, so
     re-running resumes and re-running a finished extraction is a no-op. resample_on: where audio is
-    resampled to the teacher's rate, "workers", "device" or "auto" (the device when it is a GPU)."""
+    resampled to the teacher's rate, "workers", "device" or "auto" (the device when it is a GPU).
+    redo_blocks: blocks marked done to compute again (e.g. one whose file was damaged)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
     if resample_on not in ("auto", "workers", "device"):
@@ -273,12 +282,16 @@ def extract(
         },
         identity=("batch_size", "precision", "compile"),
     )
+    for k in redo_blocks:
+        if not 0 <= k < store.n_blocks:
+            raise ValueError(f"--redo-block {k}: {store.path} has blocks 0..{store.n_blocks - 1}")
+        store.mark_undone(k)
     mine = [k for k in range(store.n_blocks) if k % world_size == rank]
     done = store.done()
     todo = [k for k in mine if not done[k]]
     log.info("%s: %d of this rank's %d blocks to do", store.path, len(todo), len(mine))
     started = time.perf_counter()
-    n_clips, warmup = _run(
+    n_clips, warmup, written = _run(
         store, plan, todo, ws, embedder, support, win, hop_n, teacher, workers, progress, resample_on
     )
     seconds = time.perf_counter() - started
@@ -287,8 +300,8 @@ def extract(
         cache=store.path,
         name=store.name,
         device=str(dev),
-        blocks_written=len(todo),
-        blocks_skipped=len(mine) - len(todo),
+        blocks_written=len(written),
+        blocks_skipped=len(mine) - len(written),
         clips=n_clips,
         seconds=seconds,
         warmup_seconds=warmup[0] - started if warmup else 0.0,
@@ -328,7 +341,7 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def decode_loader(items: BlockItems, workers: int, device: torch.device) -> DataLoader:
+def decode_loader(items: IterableDataset, workers: int, device: torch.device) -> DataLoader:
     """The DataLoader of decoded items. On CUDA its batches are pinned by a thread that works on the
     device current when iteration starts: ``resolve_device`` made ``device`` current, so pinning
     opens no context on GPU 0 (the test fakes CUDA and checks which device each pin lands on)."""
@@ -355,10 +368,11 @@ def _run(
     workers: int,
     progress: bool,
     resample_on: str = "auto",
-) -> tuple[int, tuple[float, int] | None]:
-    """Embed and write blocks ``todo``; returns (clips embedded, (time, clips) when the first item was done)."""
+) -> tuple[int, tuple[float, int] | None, set[int]]:
+    """Embed and write those of blocks ``todo`` no other job claims; returns (clips embedded,
+    (time, clips) when the first item was done, blocks written)."""
     if not todo:
-        return 0, None
+        return 0, None, set()
     dev = embedder.device
     # Resample in the CPU workers when the teacher runs on the CPU; on a GPU the device does it far
     # faster (DESIGN: ~107 clips/s per CPU thread for 32 -> 16 kHz would starve the teacher).
@@ -366,13 +380,23 @@ def _run(
     device_side = resample_on == "device" or (resample_on == "auto" and dev.type == "cuda")
     on_device = device_side and rates[0] != rates[1]
     resampler = Resampler(*rates).to(dev) if on_device else None
-    blocks = [
-        block_work(plan, k, store.block_rows(k), ws, embedder.batch_size, support.is_full) for k in todo
-    ]
-    loader = decode_loader(BlockItems(blocks, None if on_device else rates), min(workers, len(todo)), dev)
+    blocks = {
+        k: block_work(plan, k, store.block_rows(k), ws, embedder.batch_size, support.is_full) for k in todo
+    }
+    n_workers = min(workers, len(todo))
+    # the queue of claimed blocks: a process queue for spawned workers, a plain one in this process
+    q = lifecycle.child_context("spawn").Queue() if n_workers else queue.Queue()
+    feed = BlockFeed(store, todo, q, max(n_workers, 1), ahead=max(n_workers, 1) + MAX_PENDING_WRITES + 1)
+    loader = decode_loader(QueuedBlocks(blocks, None if on_device else rates, q), n_workers, dev)
     buffers: dict[int, BlockBuffer] = {}
     written: set[int] = set()
     total = sum(b - a for a, b in map(store.block_rows, todo))
+
+    def write(k: int, buf: BlockBuffer) -> None:
+        store.write_block(k, buf.emb, buf.clip, buf.n_windows)
+        log.info("block %d: written", k)
+        feed.finished(k)
+
     n_clips = 0
     warmup = None
     writes: list[Future] = []
@@ -384,13 +408,14 @@ def _run(
         n = done.store(buffers[k])
         if done.last:  # write in the background: compressing a block must not stall the device
             buf = buffers.pop(k)
-            writes.append(writer.submit(store.write_block, k, buf.emb, buf.clip, buf.n_windows))
+            writes.append(writer.submit(write, k, buf))
             written.add(k)
             while len(writes) > 2 * MAX_PENDING_WRITES or (writes and writes[0].done()):
                 writes.pop(0).result()  # re-raises a failed write
         return n
 
     with (
+        _closing(feed.start()),
         tqdm(
             total=total, unit="clip", desc=f"extract {store.name}", disable=not progress, smoothing=0.1
         ) as bar,
@@ -399,13 +424,16 @@ def _run(
         pending: Embedded | None = None
         for item in lifecycle.until_stopped(loader):  # a stop signal: finish the queued blocks
             queued = embed_item(item, embedder, resampler, win, hop)
-            if pending is not None:  # one item in flight: the device runs it while we store the previous
-                n = finish(pending)
+            done = [pending] if pending is not None else []  # one item in flight: the device runs it
+            pending = queued  # while we store the previous one...
+            if queued.last:  # ...but a block's end is stored now: the next block may be another job's
+                done, pending = [*done, queued], None  # to finish first, and it may wait for this one
+            for e in done:
+                n = finish(e)
                 n_clips += n
                 bar.update(n)
                 if warmup is None:
                     warmup = (time.perf_counter(), n)
-            pending = queued
         if pending is not None:
             n = finish(pending)
             n_clips += n
@@ -414,11 +442,23 @@ def _run(
             f.result()
     lifecycle.raise_if_stopped(
         lambda: (
-            f"{len(written)} finished blocks written by this run, {len(todo) - len(written)} of this "
-            f"rank's blocks left to do (those in flight abandoned) in {store.path}"
+            f"{len(written)} finished blocks written by this run, {int((~store.done()).sum())} "
+            f"blocks left to do (those in flight abandoned) in {store.path}"
         )
     )
-    missing = sorted(set(todo) - written)
+    missing = sorted(set(feed.taken) - written)
     if missing:
-        raise RuntimeError(f"blocks {missing[:10]} produced no complete output; re-run to resume")
-    return n_clips, warmup
+        raise SsondoError(
+            f"extract: blocks {missing[:10]} of {store.path} produced no complete output (their decode "
+            "worker ended early); run the same command again to compute them"
+        )
+    return n_clips, warmup, written
+
+
+@contextmanager
+def _closing(feed: BlockFeed) -> Iterator[BlockFeed]:
+    """Stop claiming and release the claims still held, however the loop ends."""
+    try:
+        yield feed
+    finally:
+        feed.close()

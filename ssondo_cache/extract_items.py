@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ssondo_cache.shards import audio_member, iter_members
+from ssondo_cache.shards import REPACK, CorruptShardError, audio_member, iter_members
 from ssondo_cache.windows import TemporalSupport, n_windows_array, resampled_length
 from ssondo_cache.workspace import Workspace
 
@@ -194,20 +195,25 @@ class BlockItems(IterableDataset):
         mine = self.blocks if info is None else self.blocks[info.id :: info.num_workers]
         resampler = Resampler(*self.resample) if self.resample else None
         for work in mine:
-            n_items = sum(len(seg.items) for seg in work.segments)
-            n = 0
-            for seg in work.segments:
-                for a, _, audio in _decode_items(seg):
-                    if resampler is not None:
-                        audio = resampler([x.float() * PCM16_SCALE for x in audio])
-                    n += 1
-                    yield {
-                        "block": work.block,
-                        "start": seg.row0 + a,
-                        "last": n == n_items,
-                        "audio": torch.cat(audio),
-                        "lengths": [len(x) for x in audio],
-                    }
+            yield from block_items(work, resampler)
+
+
+def block_items(work: BlockWork, resampler: Resampler | None) -> Iterator[dict[str, Any]]:
+    """The items of one block, in order, its last one flagged (see ``BlockItems``)."""
+    n_items = sum(len(seg.items) for seg in work.segments)
+    n = 0
+    for seg in work.segments:
+        for a, _, audio in _decode_items(seg):
+            if resampler is not None:
+                audio = resampler([x.float() * PCM16_SCALE for x in audio])
+            n += 1
+            yield {
+                "block": work.block,
+                "start": seg.row0 + a,
+                "last": n == n_items,
+                "audio": torch.cat(audio),
+                "lengths": [len(x) for x in audio],
+            }
 
 
 def _decode_items(seg: Segment) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
@@ -222,14 +228,8 @@ def _decode_items(seg: Segment) -> Iterator[tuple[int, int, list[torch.Tensor]]]
             audio = []
             for i in range(a, b):
                 key, group = _next_member(members, seg, i)
-                _, data, _ = audio_member(seg.path, key, group)  # checks the pack's checksum
-                with sf.SoundFile(io.BytesIO(data)) as f:
-                    if f.subtype != "PCM_16" or f.channels != 1:
-                        raise ValueError(
-                            f"{seg.path}: clip {key!r} is {f.subtype} x{f.channels}, shards hold "
-                            "mono PCM_16 (re-pack?)"
-                        )
-                    x = f.read(dtype="int16")
+                ext, data, _ = audio_member(seg.path, key, group)  # checks the pack's checksum
+                x = _read_pcm16(seg.path, f"{key}.{ext}", data)
                 if len(x) != seg.num_samples[i]:
                     raise ValueError(
                         f"{seg.path}: clip {key!r} has {len(x)} samples, the manifest says "
@@ -239,6 +239,22 @@ def _decode_items(seg: Segment) -> Iterator[tuple[int, int, list[torch.Tensor]]]
             yield a, b, audio
     finally:
         members.close()
+
+
+def _read_pcm16(path: Path, member: str, data: bytes) -> np.ndarray:
+    """(samples,) int16 of one mono PCM_16 member; an undecodable one is a CorruptShardError naming it."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.subtype != "PCM_16" or f.channels != 1:
+                raise ValueError(
+                    f"{path}: member {member} is {f.subtype} x{f.channels}, shards hold mono PCM_16 (re-pack?)"
+                )
+            return f.read(dtype="int16")
+    except (sf.SoundFileError, TypeError, RuntimeError, EOFError) as err:  # libsndfile's many faces
+        raise CorruptShardError(
+            f"{path}: member {member} cannot be decoded ({type(err).__name__}: {str(err) or 'no detail'}); "
+            f"{REPACK}"
+        ) from None
 
 
 def _next_member(members: Iterator[tuple[str, dict[str, bytes]]], seg: Segment, i: int) -> tuple[str, dict]:

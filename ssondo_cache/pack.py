@@ -12,6 +12,9 @@ Three steps, each deterministic:
            decoding; a shard whose tar and current sidecar both exist is complete.
 3. finalize  once every shard is complete, write rejects.parquet then clips.parquet.
 A refusal found while decoding leaves the shard one clip shorter, never shifts other shards.
+Two jobs on one WORK split the shards: a shard is built under a claim (``claims.py``,
+``manifests/claims/shard-NNNNNN.json``); a shard another live job holds is skipped, then waited for
+(or taken over once its claim is stale) so that each job ends with every shard of its rank built.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +36,7 @@ from tqdm import tqdm
 from ssondo_cache import audio as A
 from ssondo_cache import lifecycle
 from ssondo_cache.atomic import atomic_path, write_json
+from ssondo_cache.claims import try_claim
 from ssondo_cache.manifests import clips_table, rejects_table, table_meta, with_meta, write_table
 from ssondo_cache.plan import (
     DEFAULT_MIN_DURATION,
@@ -161,6 +166,12 @@ def pack(
         results = pool.imap_unordered(_build_shard_task, tasks) if pool else map(_build_shard_task, tasks)
         for n in lifecycle.until_stopped(results):  # a stop signal: the shards in flight are abandoned
             bar.update(n)
+        held = [t for t in tasks if not shard_complete(ws, plan, t[1])]  # claimed by other live jobs
+        while held and lifecycle.stop_requested() is None:
+            time.sleep(CLAIM_POLL)
+            for task in held:
+                bar.update(_build_shard_task(task))
+            held = [t for t in held if not shard_complete(ws, plan, t[1])]
         lifecycle.raise_if_stopped(
             lambda: (
                 f"{sum(shard_complete(ws, plan, s) for s in todo)} of this rank's {len(todo)} shards "
@@ -191,6 +202,9 @@ def pack(
         "labels_csv": os.path.abspath(labels_csv) if labels_csv else None,
     }
     return _finalize(ws, plan, result, provenance)
+
+
+CLAIM_POLL = 1.0  # seconds between looks at shards other jobs are building
 
 
 # ---- 2. shards -------------------------------------------------------------------------------
@@ -287,9 +301,16 @@ def _with_source_sha(items: list[PlanItem]) -> Iterator[tuple[PlanItem, str | No
 
 
 def _build_shard_task(task: tuple) -> int:
+    """Build one shard under its claim; 0 when another live job holds it or has just finished it."""
     work, shard, items, params, fingerprint = task
-    with _one_torch_thread():
-        return build_shard(Workspace(work), shard, items, params, fingerprint)
+    ws = Workspace(work)
+    claim = try_claim(ws.manifests_dir / "claims", f"shard-{shard:06d}")
+    if claim is None:
+        return 0
+    with claim, _one_torch_thread():
+        if ws.shard_path(shard).is_file() and part_path(ws, shard, fingerprint).is_file():
+            return 0
+        return build_shard(ws, shard, items, params, fingerprint)
 
 
 def _parts_of(ws: Workspace, shard: int) -> list[Path]:

@@ -52,7 +52,7 @@ def audio_member(path: str | Path, key: str, group: dict[str, Any]) -> tuple[str
     ext = next((e for e in FORMATS if e in group), None)
     if ext is None:
         raise CorruptShardError(
-            f"{path}: clip {key!r} has no .flac or .wav member (has {sorted(group)}); {_REPACK}"
+            f"{path}: clip {key!r} has no .flac or .wav member (has {sorted(group)}); {REPACK}"
         )
     meta: dict[str, Any] = {}
     if "json" in group:
@@ -60,7 +60,7 @@ def audio_member(path: str | Path, key: str, group: dict[str, Any]) -> tuple[str
             meta = json.loads(bytes(group["json"]))
         except (ValueError, UnicodeDecodeError) as err:
             raise CorruptShardError(
-                f"{path}: member {key}.json is not valid JSON ({err}); {_REPACK}"
+                f"{path}: member {key}.json is not valid JSON ({err}); {REPACK}"
             ) from None
     expected = meta.get(CHECKSUM)
     if expected is not None:  # None: packed before checksums, read unchecked (manifests/README.md)
@@ -68,12 +68,12 @@ def audio_member(path: str | Path, key: str, group: dict[str, Any]) -> tuple[str
         if got != expected:
             raise CorruptShardError(
                 f"{path}: member {key}.{ext} has crc32c {got}, pack recorded {expected}: the shard changed "
-                f"after packing; {_REPACK}"
+                f"after packing; {REPACK}"
             )
     return ext, group[ext], meta
 
 
-_REPACK = "delete that shard and re-run the same `ssondo pack` command to rebuild it"
+REPACK = "delete that shard and re-run the same `ssondo pack` command to rebuild it"
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,20 @@ def write_shard_file(path: Path, clips: list[tuple[str, bytes, str, dict[str, An
 
 
 def iter_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per clip, in tar order, grouped the way webdataset groups them."""
+    """(key, {extension: bytes}) per clip, in tar order, grouped the way webdataset groups them.
+    A truncated or damaged tar is a CorruptShardError naming the shard and the last good member."""
+    last = None
+    try:
+        for last, group in _iter_members(path):
+            yield last, group
+    except (tarfile.TarError, EOFError) as err:
+        where = f"after member {last!r}" if last is not None else "at its start"
+        raise CorruptShardError(
+            f"{path}: the tar shard is truncated or damaged {where} ({type(err).__name__}: {err}); {REPACK}"
+        ) from None
+
+
+def _iter_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     key: str | None = None
     group: dict[str, bytes] = {}
     with tarfile.open(path, mode="r|") as tar:

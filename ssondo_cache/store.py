@@ -162,6 +162,17 @@ class CacheStore:
     def pending_blocks(self) -> list[int]:
         return [int(k) for k in np.flatnonzero(~self.done())]
 
+    def mark_undone(self, block: int) -> None:
+        """Forget that ``block`` is done (``--redo-block``): the next extraction writes it again, whole.
+        Its files go too: zarr merges a write into the shard file it finds, and a damaged one fails."""
+        self.block_rows(block)  # range check
+        self._group["done"][block] = False
+        for array in ROW_ARRAYS:
+            self.block_file(array, block).unlink(missing_ok=True)
+        if self._group.attrs.get("finished"):
+            self._group.attrs.update({"finished": None})
+            self.attrs = dict(self._group.attrs)
+
     def shard_done(self, shard: int) -> bool:
         """True once every row of tar shard ``shard`` is written."""
         start, stop = self.shard_rows(shard)
@@ -219,7 +230,7 @@ class CacheStore:
             raise CacheBlockError(f"{where}: {bad} non-finite embeddings (NaN/Inf); {self._redo(block)}")
 
     def _redo(self, block: int) -> str:
-        return f"re-extract block {block} (or delete {self.path} and run `ssondo extract` again)"
+        return f"re-extract that block: run the same `ssondo extract` command with --redo-block {block}"
 
     def _checked_read(self, array: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of ``array``, refusing a done block whose file is missing or unreadable."""

@@ -14,14 +14,19 @@ kept it unfolded in ``extra.target_norm``: they are folded when loaded.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ssondo_cache.atomic import atomic_path
+from ssondo_cache.atomic import write_bytes
+from ssondo_cache.errors import SsondoError, UnsafeFileError, writing
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.typed_config import to_dict
 
@@ -35,6 +40,41 @@ READABLE = (1, 2)
 
 class CheckpointMismatch(ValueError):
     """A checkpoint that does not belong where it is being loaded."""
+
+
+def write_torch(payload: Any, path: Path, what: str, resume: str = "run the same command again") -> None:
+    """torch.save ``payload`` to ``path`` atomically. Serialised in memory first: torch's own file
+    writer reports a full disk as "unexpected pos" (no errno, no file name), a Python write as ENOSPC."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with writing(path, what, resume):
+        write_bytes(path, buf.getvalue())
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_torch(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
+    """torch.load with weights_only=True, its refusals as one line naming ``path``. The unpickler's
+    own advice (weights_only=False) would run whatever code the file holds: never given."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives: these bytes are no checkpoint
+            raise SsondoError(
+                f"cannot read {what} {path}: truncated or damaged (not a torch zip archive); {fix}"
+            ) from None
+        found = _GLOBAL.search(str(err))
+        holds = f"a reference to {found.group(1)}" if found else "objects other than tensors and plain data"
+        raise UnsafeFileError(
+            f"refused to load {what} {path}: it holds {holds}, and unpickling it could run code; "
+            f"ssondo never writes such files, so it is not one of ours or was altered: {fix}"
+        ) from None
+    except (RuntimeError, KeyError, EOFError, ValueError) as err:  # not a zip, truncated, damaged
+        reason = str(err).split(".")[0][:120]
+        raise SsondoError(
+            f"cannot read {what} {path}: truncated or damaged ({type(err).__name__}: {reason}); {fix}"
+        ) from None
 
 
 class AudioStudent(nn.Module):
@@ -127,8 +167,7 @@ def save_student(
         "created": now_iso(),
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(payload, path, "the student checkpoint")
     return path
 
 
@@ -142,7 +181,8 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no student checkpoint at {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    fix = "use a student.pt written by `ssondo train` (or train it again)"
+    ckpt = read_torch(path, "the student checkpoint", fix, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointMismatch(
             f"{path} is not an ssondo student checkpoint (format "

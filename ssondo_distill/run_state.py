@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ssondo_cache.atomic import atomic_path, write_text
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.typed_config import to_dict
-from ssondo_distill.checkpoint import CheckpointMismatch
+from ssondo_distill.checkpoint import CheckpointMismatch, read_torch, write_torch
 
 FORMAT = "ssondo-train-state"
 VERSION = 1
@@ -178,8 +178,8 @@ def save(
         "rng": [{k: v.cpu() for k, v in r.items()} for r in rng],
         "written": now_iso(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    resume = f"resume with `ssondo train ... --resume` (from the last checkpoint in {path.parent})"
+    write_torch(payload, path, f"the checkpoint of step {step}", resume)
     old = sorted((int(m.group(1)), p) for p in path.parent.glob("step-*.pt") if (m := CKPT.search(p.name)))
     for _, p in old[:-keep]:
         p.unlink(missing_ok=True)
@@ -196,7 +196,8 @@ def load(
     world_size: int,
 ) -> int:
     """Restore a checkpoint into this process; returns the step to continue from."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    fix = f"delete it to resume from the checkpoint before it (or drop --resume to start {path.parent.parent} anew)"
+    ckpt = read_torch(path, "the training checkpoint", fix)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("version") != VERSION:
         raise CheckpointMismatch(f"{path} is not an ssondo training checkpoint (version {VERSION})")
     check_identity(path, json.loads(ckpt["identity"]), ident)

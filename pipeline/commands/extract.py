@@ -57,6 +57,15 @@ from pipeline.stopping import stops_cleanly
     default=4,
     help="DataLoader processes decoding tar shards (0: decode in the main process).",
 )
+@click.option(
+    "--redo-block",
+    "redo_blocks",
+    type=click.IntRange(min=0),
+    multiple=True,
+    metavar="N",
+    help="Compute block N again although it is marked done, e.g. one whose cache file was damaged "
+    "(repeatable; an error message names the block).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @stops_cleanly("extract")
 def extract(
@@ -70,36 +79,36 @@ def extract(
     batch_size: int,
     compile_: bool,
     workers: int,
+    redo_blocks: tuple[int, ...],
     no_progress: bool,
 ) -> None:
     """Embed every clip of WORK with a teacher at temporal support TS (one embedding per window, plus
     the clip mean), into a resumable zarr cache.
 
-    Under torchrun or a SLURM array each rank does its share of the tar shards. Killed and re-run,
-    it resumes; re-running a finished extraction is a no-op. Exit status 0 once this rank's share is done.
+    Under torchrun or a SLURM array each rank does its share of the tar shards; jobs started twice on
+    one WORK split the blocks between them (claim files beside the cache). Killed and re-run, it
+    resumes; re-running a finished extraction is a no-op. Exit status 0 once this rank's share is done.
     """
     from ssondo_cache.extract import extract as run_extract
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ranks = detect_rank()
-    try:
-        result = run_extract(
-            work,
-            teacher,
-            checkpoint=checkpoint,
-            ts=ts,
-            hop=hop,
-            device=device,
-            batch_size=batch_size,
-            compile=compile_,
-            workers=workers,
-            rank=ranks.rank,
-            world_size=ranks.world_size,
-            progress=not no_progress,
-            teacher_options=key_values(options),
-        )
-    except (ValueError, OSError, RuntimeError) as err:  # bad input, mismatched cache, cuda without a GPU
-        raise click.ClickException(str(err)) from err
+    result = run_extract(  # its refusals and faults become one line in pipeline/cli.py
+        work,
+        teacher,
+        checkpoint=checkpoint,
+        ts=ts,
+        hop=hop,
+        device=device,
+        batch_size=batch_size,
+        compile=compile_,
+        workers=workers,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        progress=not no_progress,
+        teacher_options=key_values(options),
+        redo_blocks=redo_blocks,
+    )
     state = "complete" if result.cache_complete else "rank done; other ranks still running"
     click.echo(
         f"{result.name} on {result.device}: {result.clips} clips in {result.seconds:.1f} s "
