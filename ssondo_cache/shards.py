@@ -157,10 +157,17 @@ def write_shard_file(path: Path, clips: list[tuple[str, bytes, str, dict[str, An
 def iter_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per clip, in tar order, grouped the way webdataset groups them.
     A truncated or damaged tar is a CorruptShardError naming the shard and the last good member."""
+    return _damage_named(path, _iter_members(path))
+
+
+def _damage_named(path: str | Path, items: Iterator[tuple]) -> Iterator[tuple]:
+    """``items`` (tuples whose second-to-last field is the clip key), a tarfile error in them turned
+    into a CorruptShardError naming the shard and the last good clip."""
     last = None
     try:
-        for last, group in _iter_members(path):
-            yield last, group
+        for item in items:
+            last = item[-2]
+            yield item
     except (tarfile.TarError, EOFError) as err:
         where = f"after member {last!r}" if last is not None else "at its start"
         raise CorruptShardError(
@@ -209,6 +216,10 @@ def tar_clips(path: str, stop: int) -> Iterator[tuple[int, str, dict[str, memory
     PAX headers included); members are zero-copy views of the mapping, read from disk only when
     used. webdataset's streaming reader copies every member through 10 KB reads and measured
     ~20x slower here, which made it the stream's bottleneck on local (or parallel) filesystems."""
+    return _damage_named(path, _tar_clips(path, stop))
+
+
+def _tar_clips(path: str, stop: int) -> Iterator[tuple[int, str, dict[str, memoryview]]]:
     with open(path, "rb") as f:
         data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))  # outlives f; views keep it
         index, key, group = -1, None, {}

@@ -209,6 +209,14 @@ def test_full_tmpfs_during_a_checkpoint(train_work: Path, tmp_path: Path):
         os.system(f"umount {mnt}")
 
 
+def test_truncated_tar_shard_in_train_names_it(train_work: Path, tmp_path: Path):
+    work = tmp_path / "work"
+    shutil.copytree(train_work, work)
+    shard = work / "shards" / "clips-000003.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    _one_line(_run(*_train_args(work, tmp_path, tmp_path / "run")), str(shard), "truncated", "ssondo pack")
+
+
 class _Payload:
     def __reduce__(self):
         return (shutil.rmtree, ("/nonexistent-ssondo-test",))
