@@ -26,7 +26,7 @@ from ssondo_cache.cluster_report import (
     write_report,
 )
 from ssondo_cache.cluster_stream import Fitted, Points, assign_all, fit_sample, scan_points
-from ssondo_cache.kmeans import N_INIT, ClusterInputError, default_sample, faiss_device, l2_normalize_
+from ssondo_cache.kmeans import ClusterInputError, default_sample, faiss_device, l2_normalize_
 from ssondo_cache.manifests import META_KEY, read_clips, write_table
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.workspace import Workspace
@@ -267,7 +267,6 @@ def cluster_cache(
     whose manifest already exists with the same settings is skipped (no-op).
     """
     ks = [k] if isinstance(k, int) else list(k)
-    n_init = N_INIT if n_init is None else n_init
     store = _open_complete(work, cache_name)
     clips = _clips(work, store.n_rows)
     faiss_device(device)  # refuse a bad device before reading anything

@@ -44,6 +44,7 @@ SAMPLE_MIN_PER_CENTROID = 256  # the byte cap never cuts below this
 SAMPLE_BYTES = 1 << 30  # the default training sample holds at most this much float32 (1 GiB)
 INIT_MIN, INIT_PER_CENTROID = 5_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points
 N_INIT = 32  # seedings tried on the seeding subset (each: k-means++ + Lloyd there)
+N_INIT_WHOLE = 4  # ... when the seeding subset is the whole training set (each try a full run: fewer)
 ASSIGN_TILE = 4096  # points per assignment search (a (4096, 3840) float32 tile is 63 MB)
 
 
@@ -310,7 +311,7 @@ def train(
     max_iter: int = 100,
     tol: float = 1e-4,
     init_sample: int | None = None,
-    n_init: int = N_INIT,
+    n_init: int | None = None,
     progress: bool = False,
 ) -> Trained:
     """Seed (best of n_init greedy k-means++ + Lloyd on a seeding subset) and run Lloyd on all of Xt (nt, D)
@@ -318,6 +319,7 @@ def train(
     nt, d = Xt.shape
     m = max(INIT_MIN, INIT_PER_CENTROID * k) if init_sample is None else init_sample or nt
     m = nt if m >= nt else max(m, k)
+    n_init = (N_INIT if m < nt else N_INIT_WHOLE) if n_init is None else n_init
     init_idx = sample_indices(nt, m, rng)
     Xi = Xt if init_idx is None else Xt[init_idx]
     index = _flat_index(d, device, inner_product=normalize)  # Lloyd's assignments (cosine when spherical)
@@ -364,7 +366,7 @@ def kmeans(
     max_iter: int = 100,
     tol: float = 1e-4,
     init_sample: int | None = None,
-    n_init: int = N_INIT,
+    n_init: int | None = None,
     copy: bool = True,
     progress: bool = False,
 ) -> KMeansResult:
@@ -374,7 +376,8 @@ def kmeans(
     sample: train on this many random points (None: default_sample(k, D); 0: all); every point is assigned.
     init_sample: seed on this many random training points; None: max(INIT_MIN, INIT_PER_CENTROID k); 0: all.
     n_init: with n_init > 1, run n_init seedings + Lloyd on the seeding subset and refine the best one
-        (lowest inertia there) on the whole training set.
+        (lowest inertia there) on the whole training set; None: N_INIT, or N_INIT_WHOLE when the seeding
+        subset is the whole training set (small inputs: each try is then a full run).
     copy: False lets normalize work in place on X (saves memory on big caches).
     """
     t0 = time.perf_counter()

@@ -62,7 +62,8 @@ def _ks(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     type=click.IntRange(min=1),
     default=None,
     help="Seedings (k-means++ + Lloyd) tried on the seeding subset; the best one is refined on the training "
-    "sample (many cheap restarts find a lower inertia than one long run). [default: 32, kmeans.N_INIT]",
+    "sample (many cheap restarts find a lower inertia than one long run). [default: 32; 4 when the seeding "
+    "subset is every training point, as each try is then a full run]",
 )
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, help="Most Lloyd iterations.")
 @click.option(
