@@ -420,9 +420,10 @@ def _run(
             total=total, unit="clip", desc=f"extract {store.name}", disable=not progress, smoothing=0.1
         ) as bar,
         ThreadPoolExecutor(MAX_PENDING_WRITES) as writer,
+        _workers_ended(loader) as batches,
     ):
         pending: Embedded | None = None
-        for item in lifecycle.until_stopped(loader):  # a stop signal: finish the queued blocks
+        for item in lifecycle.until_stopped(batches):  # a stop signal: finish the queued blocks
             queued = embed_item(item, embedder, resampler, win, hop)
             done = [pending] if pending is not None else []  # one item in flight: the device runs it
             pending = queued  # while we store the previous one...
@@ -453,6 +454,20 @@ def _run(
             "worker ended early); run the same command again to compute them"
         )
     return n_clips, warmup, written
+
+
+@contextmanager
+def _workers_ended(loader: DataLoader) -> Iterator[Any]:
+    """The loader's iterator, its workers shut down however the loop ends. An error propagating
+    keeps the iterator alive through its traceback until the interpreter exits, where
+    multiprocessing's exit hook SIGTERMs the workers (who ignore it: lifecycle.py) and waits forever."""
+    it = iter(loader) if lifecycle.stop_requested() is None else iter(())  # iter() starts the workers
+    try:
+        yield it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # a multi-process iterator: join, then kill
+        if shutdown is not None:
+            shutdown()
 
 
 @contextmanager

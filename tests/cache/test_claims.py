@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -221,7 +222,7 @@ def test_pack_skips_a_shard_another_job_builds_then_waits_for_it(tmp_path: Path,
         waited.append(sorted(p.name for p in (work / "shards").glob("*.tar")))
         held.release()  # (killed, or done elsewhere: either way the shard is free now)
 
-    monkeypatch.setattr(pack_module.time, "sleep", other_job_gives_up)
+    monkeypatch.setattr(pack_module, "time", SimpleNamespace(sleep=other_job_gives_up))  # pack's only
     result = pack([tmp_path / "audio"], work, shard_size=2, progress=False)
     assert waited == [["clips-000000.tar", "clips-000002.tar"]], "shard 1 was built while another job held it"
     assert result.complete and result.shards_missing == 0

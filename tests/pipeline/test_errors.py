@@ -10,6 +10,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from tests.cache.conftest import write_audio
 from tests.distill.test_stream import make_corpus, write_cache
 from tests.distill.test_trainer import CACHE, tiny_cfg
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = "py:tests.helpers.tiny_teacher:make"
 EXTRACT = [
     "--teacher",
@@ -88,15 +91,21 @@ def test_truncated_tar_shard_names_it_and_says_repack(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_decode_workers_error_is_one_line_too(tmp_path: Path):
-    """Raised in a spawned DataLoader worker, whose traceback torch puts into the message."""
+def test_a_decode_workers_error_is_one_line_and_the_process_ends(tmp_path: Path):
+    """A real `ssondo extract` whose spawned decode worker raises: torch puts the worker's traceback
+    into the message (reduced to its last line), and the process must exit, not wait on its workers."""
     work = _pack(tmp_path)
     shard = work / "shards" / "clips-000002.tar"
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
-    args = [a if a != "0" else "1" for a in EXTRACT]  # --workers 1
-    line = _one_line(_run("extract", str(work), *args), str(shard), "truncated", "ssondo pack")
-    assert "DataLoader worker" not in line
+    args = [a if a != "0" else "2" for a in EXTRACT]  # --workers 2
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SSONDO_DEBUG": ""}
+    cmd = [sys.executable, "-m", "pipeline.cli", "extract", str(work), *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert str(shard) in errors[0] and "truncated" in errors[0] and "DataLoader worker" not in errors[0]
 
 
 def _flac_member(work: Path) -> tuple[Path, tarfile.TarInfo, tarfile.TarInfo]:
