@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,18 +134,7 @@ def machine() -> str:
 
 def commit() -> str:
     """code_version(), marked +dirty when tracked files differ from the commit."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        dirty = ""
-    return code_version() + ("+dirty" if dirty else "")
+    return code_version(mark_dirty=True)
 
 
 def demo_figures(

@@ -11,20 +11,25 @@ from pathlib import Path
 from ssondo_cache import __version__
 
 
-def code_version() -> str:
-    """Package version, plus the git commit when run from a checkout."""
+def _git(*args: str) -> str:
+    """A git command's output in the checkout this code runs from; "" outside a checkout."""
     here = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
+        return subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+g{commit}" if commit else __version__
+        return ""
+
+
+def code_version(mark_dirty: bool = False) -> str:
+    """Package version, plus the git commit when run from a checkout; with ``mark_dirty``, ``+dirty``
+    when tracked files differ from that commit (a measured figure must say so)."""
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    version = f"{__version__}+g{commit}" if commit else __version__
+    if mark_dirty and _git("status", "--porcelain", "--untracked-files=no"):
+        version += "+dirty"
+    return version
 
 
 def now_iso() -> str:
