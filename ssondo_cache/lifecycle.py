@@ -12,9 +12,11 @@ holds its pipe (the parent and its children) is gone, after unlinking what they 
 
 Workers (the default) ignore SIGTERM, SIGINT and SIGUSR1: a batch system (SLURM) or a terminal
 sends those to every process of the job, and the parent decides when its workers end
-(``terminate()`` of these children sends SIGKILL; a DataLoader or a Pool otherwise ends them through
-their queues; a worker killed under a DataLoader or a Pool would make the parent fail or hang). A
-DataLoader worker must re-ignore them after torch installs its own handlers: pass
+(``terminate()`` of these children sends SIGKILL, also from multiprocessing's exit hook, which
+terminates then joins the daemonic children left alive, e.g. a DataLoader's workers after an
+error; a DataLoader or a Pool otherwise ends them through their queues; a worker killed under a
+DataLoader or a Pool would make the parent fail or hang). A DataLoader worker must re-ignore them
+after torch installs its own handlers: pass
 ``worker_init_fn=WorkerInit(fn)``. Children that are long commands of their own take
 ``child_context(workers=False)``: they die with the parent but keep their signals.
 
@@ -35,6 +37,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import popen_fork, popen_spawn_posix
 from typing import Any, TypeVar
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -91,19 +94,31 @@ class _ChildProcess:
         _start_child(self._ssondo_parent, self._workers)  # fork: first thing in the child; spawn: a repeat
         super().run()
 
+
+class _KillOnTerminate:
+    """Mixed into a worker's Popen: the worker ignores SIGTERM, so terminating it sends SIGKILL.
+    On the Popen, not the Process: multiprocessing's exit hook calls ``p._popen.terminate()`` on
+    the daemonic children still alive (a DataLoader's workers, kept by an error's traceback), then
+    joins them; a SIGTERM there made the parent wait forever."""
+
     def terminate(self) -> None:
-        if self._workers:
-            self.kill()  # the child ignores SIGTERM
-        else:
-            super().terminate()
+        self.kill()
+
+
+class _KillingForkPopen(_KillOnTerminate, popen_fork.Popen):
+    pass
+
+
+class _KillingSpawnPopen(_KillOnTerminate, popen_spawn_posix.Popen):
+    pass
 
 
 class _SpawnWorker(_ChildProcess, mpc.SpawnProcess):
-    pass
+    _Popen = staticmethod(_KillingSpawnPopen)
 
 
 class _ForkWorker(_ChildProcess, mpc.ForkProcess):
-    pass
+    _Popen = staticmethod(_KillingForkPopen)
 
 
 class _SpawnJob(_ChildProcess, mpc.SpawnProcess):

@@ -319,3 +319,66 @@ def test_extract_workers_die_with_a_killed_parent(tiny_work: Path, tmp_path: Pat
         assert kill_parent_and_check(proc) == []
     finally:
         kill_tree(proc)
+
+
+# ---------------------------------------------------------------- a worker's error ends the process
+# A training whose DataLoader workers (fork, 2) fail on their first read: the error propagates out of
+# train() and its traceback keeps the loader's iterator, hence its workers, alive until the exit.
+FAILING_TRAIN = """
+import sys, torch
+torch.set_num_threads(1)
+from ssondo_distill import stream
+from ssondo_distill.config import load_train_config
+from ssondo_distill.trainer import train
+def broken(*args, **kwargs):
+    raise OSError("simulated: a shard member cannot be read")
+stream.read_segment = broken  # forked workers inherit it
+train(load_train_config(sys.argv[1]), progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_training_whose_worker_raises_exits_instead_of_waiting_on_its_workers(tmp_path: Path):
+    """multiprocessing's exit hook terminates then joins the daemonic workers left alive; they ignore
+    SIGTERM, so terminate() must SIGKILL them there too, or the process never ends."""
+    import json
+
+    from ssondo_cache.typed_config import to_dict
+    from tests.distill.test_stream import make_corpus, write_cache
+    from tests.distill.test_trainer import tiny_cfg
+
+    work = make_corpus(tmp_path / "corpus", n_clips=16, shard_size=4, dim=8)
+    write_cache(work, "wide", 16, 4)
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps(to_dict(tiny_cfg(work, tmp_path / "run", num_workers=2, epochs=1))))
+    proc = start([sys.executable, "-c", FAILING_TRAIN, str(cfg)])
+    try:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and b"simulated: a shard member" in err, err.decode()[-3000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the training hung at exit: {[cmdline(p) for p in descendants(proc.pid)]}")
+    finally:
+        kill_tree(proc)
+
+
+DAEMON_LEFT = """
+import sys, time
+from ssondo_cache.lifecycle import child_context
+if __name__ == "__main__":
+    ctx = child_context(sys.argv[1])
+    ctx.Process(target=time.sleep, args=(600,), daemon=True).start()
+    time.sleep(0.5)  # the child is up and ignores SIGTERM
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_the_exit_hook_kills_a_daemonic_worker_left_alive(tmp_path: Path, method: str):
+    script = tmp_path / "parent.py"
+    script.write_text(DAEMON_LEFT)
+    proc = start([sys.executable, str(script), method])
+    try:
+        proc.wait(timeout=30)
+        assert proc.returncode == 1, proc.stderr.read().decode()[-2000:]
+    finally:
+        kill_tree(proc)
