@@ -45,6 +45,11 @@ CELLS: dict[str, tuple[str, dict]] = {
         "raw YAMNet targets (no standardisation) lower retention: the cosine rewards the mean direction",
         {"target_norm": "none"},
     ),
+    "noaug_steps2x": (
+        "without augmentation, 2.5x the steps (200) move the student past its untrained twin: the loss "
+        "of probe accuracy after 80 steps is a transient of early training",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 2 * STEPS},
+    ),
     "lr2x": ("lr 0.004 learns faster at this budget", {"lr": 0.004}),
     "mn10": ("a wider student (mn10) keeps more at the same steps, for more wall time", {"student": "mn10"}),
 }
