@@ -3,7 +3,7 @@
 - :class:`StudentEmbedder`: a trained student (``RUN`` or its ``student.pt``); backbone embedding of
   each TS window (default 10 s, the students' training input), mean over windows.
 - :class:`TeacherEmbedder`: a teacher run live (``build_teacher``) with the cache's own windowing
-  (``windows.cut_windows`` + ``extract.WindowEmbedder``: frames pooled over time per window), mean
+  (``windows.cut_windows`` + ``window_embed.WindowEmbedder``: frames pooled over time per window), mean
   over windows.
 - ``cached_teacher.CachedTeacherEmbedder`` (its own module): clip embeddings read straight from an
   existing teacher cache, for tasks whose audio is the packed corpus (items matched by key, or by
@@ -177,8 +177,8 @@ class TeacherEmbedder(Embedder):
     ) -> None:
         """``teacher``: an already built teacher (the TS sweep builds it once for every TS)."""
         from ssondo_cache.devices import resolve_device
-        from ssondo_cache.extract import WindowEmbedder
         from ssondo_cache.teachers import build_teacher
+        from ssondo_cache.window_embed import WindowEmbedder
 
         self.device = resolve_device(device)
         self.teacher = teacher or build_teacher(spec, checkpoint=checkpoint, device=device, **options)

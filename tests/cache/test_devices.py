@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from ssondo_cache.devices import DeviceError, pick_device, resolve_device
-from ssondo_cache.extract import decode_loader, to_host
+from ssondo_cache.extract import decode_loader
 from ssondo_cache.extract_items import BlockItems, block_work, make_plan
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.pack import pack
+from ssondo_cache.window_embed import to_host
 from ssondo_cache.windows import TemporalSupport
 from ssondo_cache.workspace import Workspace
 from tests.cache.conftest import write_audio
