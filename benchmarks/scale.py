@@ -68,14 +68,14 @@ def st_extract(work: Path, dim: int) -> None:
 
 
 def st_cache_info(work: Path) -> None:
-    from ssondo_cache.store import list_caches
+    from ssondo_cache.cache_index import list_caches
 
     list_caches(work)
 
 
 def st_cluster(work: Path, dim: int, level: str) -> None:
+    from ssondo_cache.cache_index import list_caches
     from ssondo_cache.cluster import cluster_cache
-    from ssondo_cache.store import list_caches
 
     (cache,) = [c for c in list_caches(work) if c.embed_dim == dim]
     cluster_cache(work, cache.name, 50, level=level, device="cpu", force=True, progress=False)

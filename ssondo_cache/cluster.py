@@ -201,7 +201,7 @@ def _cache_meta(store: Any) -> dict:
 
 
 def _open_complete(work: str | Path, cache_name: str) -> Any:
-    from ssondo_cache.store import open_cache
+    from ssondo_cache.cache_index import open_cache
 
     store = open_cache(work, cache_name)
     if not store.is_complete():

@@ -312,7 +312,7 @@ def _dry_run(cfg: TrainConfig) -> TrainResult:
     """Build the student for the cache's teacher dimension and report its parameter counts."""
     if not cfg.work or not cfg.cache:
         raise ConfigError("--dry-run needs WORK and --cache (the teacher dimension comes from the cache)")
-    from ssondo_cache.store import open_cache
+    from ssondo_cache.cache_index import open_cache
 
     teacher_dim = open_cache(cfg.work, cfg.cache).embed_dim
     student = build_student(cfg.student, teacher_dim, **cfg.student_options)

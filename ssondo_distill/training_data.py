@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from ssondo_cache.cache_index import open_cache
 from ssondo_cache.cluster import read_sampling_manifest
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.shards import audio_member, pcm16, tar_clips
-from ssondo_cache.store import CacheBlockError, CacheStore, open_cache
+from ssondo_cache.store import CacheBlockError, CacheStore
 from ssondo_cache.workspace import Workspace
 from ssondo_distill import sampling
 

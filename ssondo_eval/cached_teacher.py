@@ -29,7 +29,7 @@ class CachedTeacherEmbedder(Embedder):
     kind = "teacher"
 
     def __init__(self, work: str | Path, cache: str) -> None:
-        from ssondo_cache.store import open_cache
+        from ssondo_cache.cache_index import open_cache
 
         self.work = Path(work)
         self.store = open_cache(work, cache)

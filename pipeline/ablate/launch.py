@@ -59,7 +59,7 @@ def extract_command(work: Path, cache: str, teacher: str | None) -> str:
 
 def check_caches(grid: Grid) -> None:
     """Every cache the cells train on exists and is complete; else the extract command that makes it."""
-    from ssondo_cache.store import open_cache
+    from ssondo_cache.cache_index import open_cache
 
     work = grid.workspace
     if not Workspace(work).clips_manifest.is_file():

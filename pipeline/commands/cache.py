@@ -37,7 +37,7 @@ def info(work: Path, verify: bool) -> None:
 
     Exit status 1 when a block marked done has a missing file (or, with --verify, an unreadable or
     non-finite one); each such file or block is named."""
-    from ssondo_cache.store import list_caches, verify_cache
+    from ssondo_cache.cache_index import list_caches, verify_cache
     from ssondo_cache.windows import format_seconds
 
     caches = list_caches(work)

@@ -21,6 +21,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from pipeline.cli import main as cli
+from ssondo_cache.cache_index import open_cache
 from ssondo_cache.cluster import (
     balanced_weights,
     cluster_cache,
@@ -37,7 +38,7 @@ from ssondo_cache.devices import DeviceError
 from ssondo_cache.kmeans import ClusterInputError, kmeans, kmeans_plusplus, l2_normalize_
 from ssondo_cache.manifests import clips_fingerprint, read_clips
 from ssondo_cache.pack import pack
-from ssondo_cache.store import cache_path, create_or_open, open_cache
+from ssondo_cache.store import cache_path, create_or_open
 from tests.cache.conftest import tone, write_audio
 
 CLASSES = ("dog", "rain", "speech", "siren")

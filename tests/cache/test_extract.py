@@ -18,13 +18,14 @@ import zarr
 from click.testing import CliRunner
 
 from pipeline.cli import main as cli
+from ssondo_cache.cache_index import open_cache
 from ssondo_cache.devices import DeviceError
 from ssondo_cache.extract import _refuse_many_full_lengths, extract
 from ssondo_cache.extract_items import make_plan, plan_items
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import iter_shard
-from ssondo_cache.store import CacheMismatchError, open_cache
+from ssondo_cache.store import CacheMismatchError
 from ssondo_cache.teachers import build_teacher
 from ssondo_cache.window_embed import WindowEmbedder
 from ssondo_cache.windows import TemporalSupport, cut_windows

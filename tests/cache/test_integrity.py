@@ -21,11 +21,12 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from pipeline.cli import main as cli
+from ssondo_cache.cache_index import list_caches, open_cache, verify_cache
 from ssondo_cache.extract import extract
 from ssondo_cache.manifests import read_clips, read_rejects
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import CorruptShardError, iter_shard
-from ssondo_cache.store import CacheBlockError, list_caches, open_cache, verify_cache
+from ssondo_cache.store import CacheBlockError
 from ssondo_cache.workspace import Workspace
 from tests.cache.conftest import write_audio
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssondo_cache.cache_index import open_cache
 from ssondo_cache.cluster import cluster_cache, read_sampling_manifest
 from ssondo_cache.kmeans import (
     StreamSample,
@@ -19,7 +20,7 @@ from ssondo_cache.kmeans import (
     sample_indices,
 )
 from ssondo_cache.manifests import clips_fingerprint, clips_table, write_table
-from ssondo_cache.store import CacheStore, cache_path, create_or_open, open_cache
+from ssondo_cache.store import CacheStore, cache_path, create_or_open
 from ssondo_cache.workspace import Workspace
 
 

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import zarr
 
-from ssondo_cache import store as store_mod
+from ssondo_cache import cache_index
+from ssondo_cache.cache_index import list_caches, resolve_cache
 from ssondo_cache.store import (
     CacheMismatchError,
     CacheStore,
     block_rows,
     cache_path,
     create_or_open,
-    list_caches,
-    resolve_cache,
 )
 
 
@@ -186,7 +185,7 @@ def test_concurrent_creation_and_disjoint_shard_writes(tmp_path):
 
 
 def test_names_and_listing(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_workspace_fingerprint", lambda work: "f" * 64)
+    monkeypatch.setattr(cache_index, "_workspace_fingerprint", lambda work: "f" * 64)
     a = create_or_open(cache_path(tmp_path, "tiny-0123456789ab", "ts1-hop1"), _attrs([0, 4, 8]))
     _fill(a, [0])
     create_or_open(
@@ -215,7 +214,7 @@ def test_names_and_listing(tmp_path, monkeypatch):
     assert one.size_bytes > 0 and one.matches_manifest is True and one.ts == 1.0
     assert infos["other-aaaaaaaaaaaa/ts1-hop1"].matches_manifest is False
 
-    monkeypatch.setattr(store_mod, "_workspace_fingerprint", lambda work: "0" * 64)
-    assert store_mod.open_cache(tmp_path, "other-aaaaaaaaaaaa/ts1-hop1").n_rows == 8
+    monkeypatch.setattr(cache_index, "_workspace_fingerprint", lambda work: "0" * 64)
+    assert cache_index.open_cache(tmp_path, "other-aaaaaaaaaaaa/ts1-hop1").n_rows == 8
     with pytest.raises(CacheMismatchError, match="another clips manifest"):
-        store_mod.open_cache(tmp_path, "tiny-0123456789ab/ts1-hop1")
+        cache_index.open_cache(tmp_path, "tiny-0123456789ab/ts1-hop1")

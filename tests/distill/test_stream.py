@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from ssondo_cache import cluster, store
+from ssondo_cache import cache_index, cluster, store
 from ssondo_cache.manifests import clips_fingerprint, read_clips, write_table
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import CorruptShardError, decode_audio, encode_audio, pcm16
@@ -296,7 +296,7 @@ def test_flipped_audio_is_refused_by_the_stream_and_the_validation_set(tmp_path)
 def test_missing_or_nan_targets_are_refused_before_the_first_step(tmp_path):
     work = make_corpus(tmp_path, n_clips=12)
     name = "ts0.25-hop0.25"
-    cache = store.open_cache(work, name)
+    cache = cache_index.open_cache(work, name)
     a, b = cache.block_rows(1)
     clip = cache.read_clip(a, b)
     emb, n_windows = cache.read_windows(a, b)

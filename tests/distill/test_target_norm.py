@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssondo_cache.store import open_cache
+from ssondo_cache.cache_index import open_cache
 from ssondo_distill.checkpoint import load_student, read_meta
 from ssondo_distill.sampling import split_holdout
 from ssondo_distill.students import build_student
