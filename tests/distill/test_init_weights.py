@@ -1,0 +1,108 @@
+"""Starting weights (``ssondo train --init``): EfficientAT checkpoints in the official layout load
+strictly into the backbone, the classifier is dropped and said so, the head is untouched, and any
+file that does not fit is one line naming the file and the keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssondo_distill.init_weights import INIT_FORMATS, InitMismatch, apply_init
+from ssondo_distill.students import build_student
+
+LAYOUTS = (
+    Path(__file__).resolve().parent.parent / "fixtures" / "official" / "official_state_dict_layouts.json"
+)
+
+torch.set_num_threads(1)
+
+
+def official_state(key: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with the official EfficientAT key names and shapes of ``key``, random values
+    (fp16, as EfficientAT ships them), its 527-class classifier included."""
+    g = torch.Generator().manual_seed(seed)
+    layout = json.loads(LAYOUTS.read_text())[key]
+    return {
+        k: torch.randint(0, 100, shape, generator=g)
+        if k.endswith("num_batches_tracked")
+        else torch.randn(shape, generator=g).to(torch.float16)
+        for k, shape in layout.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def mn04_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("efficientat") / "mn04_as.pt"
+    torch.save(official_state("efficientat_mn04_as"), path)
+    return path
+
+
+def test_efficientat_mn04_loads_backbone_strictly_and_drops_the_classifier(mn04_file, caplog):
+    state = torch.load(mn04_file, weights_only=True)
+    torch.manual_seed(3)
+    student = build_student("mn04", 16, hidden_dim=32)
+    head_before = {k: v.clone() for k, v in student.head.state_dict().items()}
+    with caplog.at_level("INFO", logger="ssondo_distill.init_weights"):
+        report = apply_init(student, mn04_file)
+    assert report.format == "efficientat"
+    backbone = student.backbone.state_dict()
+    classifier = sorted(k for k in state if k.startswith("classifier."))
+    assert report.dropped == classifier and len(classifier) == 4
+    assert report.loaded == sorted(f"backbone.{k}" for k in backbone)
+    for k, v in backbone.items():  # every backbone tensor is the file's (fp16 values, cast)
+        assert torch.equal(v, state[k].to(v.dtype)), k
+    for k, v in student.head.state_dict().items():
+        assert torch.equal(v, head_before[k]), k
+    assert student.init_info["sha256"] == report.sha256 and student.init_info["init"] == str(mn04_file)
+    assert "classifier" in caplog.text and str(mn04_file) in caplog.text
+    assert "dropped 4 key(s)" in report.summary()
+
+
+def test_dymn_layout_loads_into_a_dymn_student(tmp_path):
+    # the full-size layout is the only official DyMN one: width 1.0, checked by shapes only
+    path = tmp_path / "dymn10_as.pt"
+    torch.save(official_state("efficientat_dymn10_as"), path)
+    student = build_student("dymn10", 8, hidden_dim=16)
+    report = apply_init(student, path)
+    assert len(report.dropped) == 4 and report.loaded == sorted(
+        f"backbone.{k}" for k in student.backbone.state_dict()
+    )
+
+
+def _refusal(student_name: str, state: dict, tmp_path: Path, **opts) -> str:
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(InitMismatch) as err:
+        apply_init(build_student(student_name, 8, hidden_dim=16, **opts), path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_everything_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
+    good = official_state("efficientat_mn04_as")
+    gone = "features.5.block.0.1.running_var"
+    assert f"1 missing: {gone}" in _refusal("mn04", {k: v for k, v in good.items() if k != gone}, tmp_path)
+    extra = {**good, "features.17.0.weight": torch.zeros(3)}
+    assert "1 unexpected: features.17.0.weight" in _refusal("mn04", extra, tmp_path)
+    bent = {**good, "features.0.0.weight": torch.zeros(8, 1, 5, 5)}
+    assert "features.0.0.weight (8, 1, 5, 5) vs (8, 1, 3, 3)" in _refusal("mn04", bent, tmp_path)
+    wide = _refusal("mn10", good, tmp_path)  # wrong width: the file's width is named
+    assert "width_mult 0.4 (384-d)" in wide and "'mn10' (width_mult 1.0, 960-d)" in wide
+    assert "of another shape" in wide
+    dymn = _refusal("dymn04", good, tmp_path)
+    assert "mobilenetv3 weights" in dymn and "cannot start student 'dymn04'" in dymn
+    assert "not 'eres2net'" in _refusal("eres2net", good, tmp_path, n_mels=32, m_channels=4)
+    assert "not a known starting-weights format" in _refusal("mn04", {"state_dict": {"x": 1}}, tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InitMismatch, match="junk.pt: not a readable torch file"):
+        apply_init(build_student("mn04", 8), tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        apply_init(build_student("mn04", 8), tmp_path / "absent.pt")
+
+
+def test_registry_lists_the_formats():
+    assert "efficientat" in INIT_FORMATS.names()
