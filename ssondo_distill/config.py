@@ -36,6 +36,9 @@ class TrainConfig:
     # what to train
     student: str = "mobilenetv3"
     student_options: dict[str, Any] = field(default_factory=dict)  # e.g. {width_mult: 1.0}
+    # starting weights of a fresh run (a format of init_weights.INIT_FORMATS: EfficientAT's mn10_im.pt,
+    # dymn10_as.pt ...); never read on resume (the checkpoint holds the weights)
+    init: Path | None = None
     # BatchNorm running-statistics momentum for every BN layer; null keeps the student's own
     # (EfficientAT's 0.01 needs thousands of steps before eval-mode outputs settle: short runs want 0.1)
     bn_momentum: float | None = None
@@ -97,6 +100,10 @@ class TrainConfig:
             (
                 min(self.val_every, self.log_every, self.checkpoint_every, self.keep_checkpoints) >= 1,
                 "val_every, log_every, checkpoint_every and keep_checkpoints must be >= 1",
+            ),
+            (
+                self.init is None or "efficientat_weights" not in self.student_options,
+                "init and student_options.efficientat_weights both give starting weights: keep one",
             ),
             (
                 self.grad_clip is None or self.grad_clip > 0,

@@ -67,9 +67,15 @@ class InitReport:
         }
 
     def summary(self) -> str:
-        dropped = f"; dropped {len(self.dropped)} key(s): {_names(self.dropped)}" if self.dropped else ""
-        note = f" ({self.note})" if self.note else ""
-        return f"started from {self.path} ({self.format}): {len(self.loaded)} tensors loaded{dropped}{note}"
+        return describe_init(self.record())
+
+
+def describe_init(record: dict[str, Any]) -> str:
+    """One line for an :meth:`InitReport.record` (the log line, the train summary)."""
+    dropped = record["dropped_keys"]
+    dropped = f"; dropped {len(dropped)} key(s): {_names(dropped)}" if dropped else ""
+    note = f" ({record['note']})" if record.get("note") else ""
+    return f"started from {record['init']} ({record['format']}): {record['loaded']} tensors loaded{dropped}{note}"
 
 
 class InitFormat(Protocol):

@@ -31,6 +31,7 @@ from ssondo_cache.typed_config import ConfigError
 from ssondo_distill import run_state
 from ssondo_distill.checkpoint import save_student
 from ssondo_distill.config import TrainConfig
+from ssondo_distill.init_weights import apply_init, describe_init
 from ssondo_distill.sampling import split_holdout
 from ssondo_distill.schedule import build_scheduler
 from ssondo_distill.step import (
@@ -61,6 +62,7 @@ class TrainResult:
     parameters: dict[str, Any] | None = None  # dry run: count_parameters()
     # what always predicting the mean direction scores: cos(target_i, mean of the other held-out targets)
     val_mean_baseline: float | None = None
+    init: dict[str, Any] | None = None  # the starting weights (--init): init_weights.InitReport.record()
 
     def summary(self) -> str:
         if self.parameters is not None:
@@ -69,6 +71,7 @@ class TrainResult:
             return (
                 f"student {p['student']} into a {p['teacher_dim']}-d teacher: backbone {p['backbone']:,} + head "
                 f"{p['head']:,} = {p['total']:,} parameters (paper's backbone: {paper}); {p['covers']}"
+                + (f"; {describe_init(p['init'])}" if p.get("init") else "")
             )
         val = (
             f"validation cosine distance {self.val_cosine_distance_init:.4f} -> {self.val_cosine_distance:.4f} "
@@ -77,7 +80,11 @@ class TrainResult:
             else ""
         )
         speed = f", {self.samples_per_s:.1f} samples/s" if self.samples_per_s else ""
-        return f"{self.run}: {self.steps} steps, {self.samples} samples{speed}; {val}; student {self.student_path}"
+        start = f"; {describe_init(self.init)}" if self.init else ""
+        return (
+            f"{self.run}: {self.steps} steps, {self.samples} samples{speed}; {val}; "
+            f"student {self.student_path}{start}"
+        )
 
 
 def _worker_init(_: int) -> None:
@@ -149,9 +156,15 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         )
     if ckpt is not None:
         step = resumed_from = run_state.load(ckpt, identity, parts, optimizer, scheduler, rank, world_size)
+        if cfg.init is not None:
+            parts.student.init_info = _recorded_init(run)
+    elif cfg.init is not None:  # a fresh run only: a resumed one has its weights in the checkpoint
+        apply_init(parts.student, cfg.init)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        write_json(run / "config.json", run_state.provenance(cfg, data, identity, world_size))
+        provenance = run_state.provenance(cfg, data, identity, world_size)
+        provenance["init"] = parts.student.init_info if cfg.init is not None else None
+        write_json(run / "config.json", provenance)
         run_state.truncate_metrics(run / "metrics.jsonl", step)
     val = load_validation(data, val_pos) if rank == 0 else {}
     stream = BalancedStream(
@@ -281,6 +294,7 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
         student_path=str(run / "student.pt"),
         resumed_from=resumed_from,
         val_mean_baseline=baseline,
+        init=parts.student.init_info if cfg.init is not None else None,
     )
     if rank == 0:
         save_student(
@@ -308,6 +322,16 @@ def train(cfg: TrainConfig, progress: bool = True, rank: int = 0, world_size: in
     return result
 
 
+def _recorded_init(run: Path) -> dict[str, Any]:
+    """The starting weights a resumed run began from, as its config.json recorded them (the
+    file itself is not read again: it may be gone, and the checkpoint holds the weights)."""
+    path = run / "config.json"
+    recorded = json.loads(path.read_text()).get("init") if path.is_file() else None
+    if not recorded:
+        raise ConfigError(f"{path} does not record the starting weights (--init) this run began from")
+    return recorded
+
+
 def _dry_run(cfg: TrainConfig) -> TrainResult:
     """Build the student for the cache's teacher dimension and report its parameter counts."""
     if not cfg.work or not cfg.cache:
@@ -317,6 +341,8 @@ def _dry_run(cfg: TrainConfig) -> TrainResult:
     teacher_dim = open_cache(cfg.work, cfg.cache).embed_dim
     student = build_student(cfg.student, teacher_dim, **cfg.student_options)
     counts = count_parameters(student)
+    if cfg.init is not None:  # the starting weights must fit: check them here too
+        counts["init"] = apply_init(student, cfg.init).record()
     if cfg.out:
         write_text(Path(cfg.out) / "parameters.json", json.dumps(counts, indent=2) + "\n")
     return TrainResult(

@@ -39,6 +39,13 @@ def _default(name: str) -> str:
 @click.option(
     "--loss", help=f"Distillation loss (cosine, mse, l1, kl, clap, cluster_contrastive) {_default('loss')}."
 )
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start the student from these weights: an EfficientAT checkpoint (mn10_im.pt, mn10_as.pt, "
+    "dymn10_as.pt...; the backbone loads strictly, the classifier is dropped). Used by a fresh run "
+    "only; --resume continues from the run's checkpoint (config file, else none).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="RUN folder (required).")
 @click.option(
     "--resume",

@@ -106,3 +106,84 @@ def test_everything_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
 
 def test_registry_lists_the_formats():
     assert "efficientat" in INIT_FORMATS.names()
+
+
+# ---------------------------------------------------------------- in a training run
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    from tests.distill.test_stream import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("init-train"), n_clips=24, shard_size=4, dim=8)
+
+
+def _run_cfg(work: Path, out: Path, init: Path | None, **over):
+    from tests.distill.test_trainer import tiny_cfg
+
+    opts = dict(epochs=2, samples_per_epoch=16, val_clips=0, checkpoint_every=2, log_every=2)
+    return tiny_cfg(work, out, init=None if init is None else str(init), **{**opts, **over})
+
+
+@pytest.mark.slow
+def test_train_init_fresh_run_loads_it_resume_never_reads_it(work, mn04_file, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from ssondo_cache.provenance import sha256_file
+    from ssondo_cache.typed_config import to_dict
+    from ssondo_distill import trainer as trainer_module
+    from ssondo_distill.checkpoint import CheckpointMismatch, read_meta
+    from ssondo_distill.trainer import train
+    from ssondo_eval.untrained import initial_student
+
+    init = tmp_path / "mn04_im.pt"
+    init.write_bytes(mn04_file.read_bytes())
+    file_state = torch.load(init, weights_only=True)
+    seen = []
+
+    def spy(student, path):  # what the trainer's student holds right after --init
+        report = apply_init(student, path)
+        seen.append({k: v.clone() for k, v in student.state_dict().items() if isinstance(v, torch.Tensor)})
+        return report
+
+    monkeypatch.setattr(trainer_module, "apply_init", spy)
+    run = tmp_path / "run"
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps(to_dict(_run_cfg(work, run, None, max_steps=2))))
+    out = CliRunner().invoke(
+        main, ["train", str(work), "--config", str(config), "--init", str(init), "--no-progress"]
+    )
+    assert out.exit_code == 0, out.output
+    assert f"started from {init}" in out.output and "dropped 4 key(s): classifier." in out.output
+    (state,) = seen
+    torch.manual_seed(7)  # tiny_cfg's seed: the head is the run's own initialisation, not the file's
+    fresh = build_student("mn04", 8).state_dict()
+    for k, v in file_state.items():
+        if not k.startswith("classifier."):
+            assert torch.equal(state[f"backbone.{k}"], v.to(state[f"backbone.{k}"].dtype)), k
+    for k in (k for k in state if k.startswith("head.")):
+        assert torch.equal(state[k], fresh[k]), k
+    record = json.loads((run / "config.json").read_text())["init"]
+    assert record["init"] == str(init) and record["sha256"] == sha256_file(init)
+    assert record["format"] == "efficientat" and len(record["dropped_keys"]) == 4
+    assert read_meta(run / "student.pt")["init_info"] == record
+    # the untrained baseline of this student is the same start (file weights, seeded head)
+    twin = initial_student(read_meta(run / "student.pt")).student.state_dict()
+    assert all(torch.equal(twin[k], v) for k, v in state.items()), "untrained twin differs from the start"
+
+    # resume: the file is not read again (it may be gone); the start stays recorded
+    init.rename(tmp_path / "moved.pt")
+    result = train(_run_cfg(work, run, init, resume=True), progress=False)
+    assert result.steps == 4 and result.resumed_from == 2 and len(seen) == 1
+    assert json.loads((run / "config.json").read_text())["init"] == record
+    assert read_meta(run / "student.pt")["init_info"] == record and result.init == record
+    assert all(
+        torch.isfinite(v).all()
+        for v in torch.load(run / "student.pt", weights_only=True)["state_dict"].values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
+    # a run begun from --init resumes only with it (it is part of the run's identity)
+    (run / "result.json").unlink()
+    with pytest.raises(CheckpointMismatch, match="init: "):
+        train(_run_cfg(work, run, None, resume=True, max_steps=None), progress=False)
