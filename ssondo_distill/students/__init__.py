@@ -22,7 +22,7 @@ from ssondo_cache.registry import Registry
 from .dymn import DyMNBackbone, TemperatureSchedule
 from .eres2net import ERes2NetBackbone
 from .head import ProjectionHead, Student
-from .mobilenetv3 import MobileNetV3Backbone, load_efficientat_state_dict
+from .mobilenetv3 import MobileNetV3Backbone, last_channel, load_efficientat_state_dict
 
 __all__ = [
     "STUDENTS",
@@ -62,10 +62,14 @@ def _mobilenetv3(
     name: str,
     teacher_dim: int,
     width_mult: float = 1.0,
-    hidden_dim: int = 1280,
+    hidden_dim: int | None = None,
     dropout: float = 0.2,
     efficientat_weights: str | Path | None = None,
 ) -> Student:
+    """``hidden_dim``: the head's hidden width; None = EfficientAT's ``last_channel(width_mult)``
+    (512 / 640 / 1280 for mn04 / mn05 / mn10). The resolved width is recorded, so checkpoints of
+    any width (older 1280-wide mn04 included) rebuild as they were saved."""
+    hidden_dim = last_channel(width_mult) if hidden_dim is None else int(hidden_dim)
     opts = dict(width_mult=width_mult, hidden_dim=hidden_dim, dropout=dropout)
     s = Student(name, MobileNetV3Backbone(width_mult), teacher_dim, opts, hidden_dim, dropout)
     return _load_efficientat(s, efficientat_weights)

@@ -11,7 +11,9 @@ class ProjectionHead(nn.Sequential):
     """(B, backbone_dim) -> Linear -> Hardswish -> Dropout -> Linear -> (B, teacher_dim).
 
     The paper's MLP (960 -> 1280 -> D for mn10); the same shape as EfficientAT's classifier
-    minus its pooling, so a 527-class AudioSet head and a D-dim teacher head look alike.
+    minus its pooling, so a 527-class AudioSet head and a D-dim teacher head look alike. The
+    MobileNetV3 students default ``hidden_dim`` to EfficientAT's ``last_channel`` (384 -> 512 for
+    mn04, 480 -> 640 for mn05), which is also what the paper authors' ``ssondo`` package builds.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 1280, dropout: float = 0.2) -> None:

@@ -28,6 +28,13 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v
 
 
+def last_channel(width_mult: float) -> int:
+    """EfficientAT's ``last_channel`` at ``width_mult``: the hidden width of its classifier MLP (512 /
+    640 / 1280 for mn04 / mn05 / mn10), the default hidden width of our projection head, and the width
+    the paper authors' ``ssondo`` package builds the head of a MobileNetV3 student with."""
+    return make_divisible(1280 * width_mult)
+
+
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 

@@ -240,3 +240,34 @@ def test_eres2net_reproduces_the_paper_authors_implementation() -> None:
     with torch.no_grad():
         emb = s.embed(ref["mel"])
     torch.testing.assert_close(emb, ref["embedding"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, layout",
+    [("mn04", "efficientat_mn04_as"), ("mn05", "efficientat_mn05_as"), ("mn10", "efficientat_mn10_as")],
+)
+def test_mobilenetv3_head_width_is_efficientats_last_channel(name: str, layout: str) -> None:
+    """The head's hidden width defaults to EfficientAT's last_channel: the official classifiers'
+    shapes (384 -> 512, 480 -> 640, 960 -> 1280 before the 527 classes) are our head's shapes."""
+    official = json.loads(LAYOUTS.read_text())[layout]
+    s = build_student(name, 527)
+    assert tuple(s.head[0].weight.shape) == tuple(official["classifier.2.weight"])
+    assert tuple(s.head[3].weight.shape) == tuple(official["classifier.5.weight"])
+    assert s.config()["hidden_dim"] == official["classifier.2.weight"][0]  # recorded, not None
+    # another width stays an option, and the config rebuilds it
+    other = build_student(name, 8, hidden_dim=48)
+    assert other.head[0].out_features == 48
+    assert build_student(**other.config()).head[0].out_features == 48
+
+
+def test_older_1280_wide_mn04_checkpoint_still_loads(tmp_path: Path) -> None:
+    """student.pt files written before the default became last_channel record hidden_dim 1280:
+    they rebuild 1280 wide and load strictly."""
+    from ssondo_distill.checkpoint import load_student, save_student
+    from ssondo_distill.frontend import LogMelConfig
+
+    old = build_student("mn04", 8, hidden_dim=1280)
+    path = save_student(tmp_path / "student.pt", old, LogMelConfig(), "tiny-0123456789ab", 8)
+    model, meta = load_student(path)
+    assert meta["student"]["hidden_dim"] == 1280 and model.student.head[0].out_features == 1280
+    assert build_student("mn04", 8).head[0].out_features == 512  # new students: EfficientAT's width
