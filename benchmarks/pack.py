@@ -4,19 +4,22 @@
     python benchmarks/pack.py --input demo-out/data --workers 2
 
 Baselines measured in the same run: packing is compared with just decoding the inputs
-(soundfile, no resample/encode/write); reading shards back is compared with reading the
-tar members without decoding them, and FLAC with WAV.
+(soundfile, no resample/encode/write; issue 17's target: pack >= 0.7x of it) and with packing as
+before (torchaudio's resample, 1 process, ``--no-old`` skips it); reading shards back is compared
+with reading the tar members without decoding them, and FLAC with WAV.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import soundfile as sf
@@ -42,10 +45,14 @@ def audio_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
-def time_it(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
+# cpu: this process's CPU seconds (all threads), for a loaded machine; needs --workers 1
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_it(fn, clock=time.perf_counter) -> tuple[float, object]:
+    t0 = clock()
     out = fn()
-    return time.perf_counter() - t0, out
+    return clock() - t0, out
 
 
 def decode_inputs(files: list[Path]) -> float:
@@ -69,6 +76,16 @@ def read_shards(shards: list[Path], decode: bool) -> tuple[int, float]:
     return n, seconds
 
 
+def old_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """The resampler pack used before: torchaudio's windowed sinc (defaults), float64, one thread."""
+    import torchaudio.functional as AF
+
+    if orig_sr == new_sr:
+        return x
+    with torch.inference_mode():
+        return AF.resample(torch.from_numpy(np.ascontiguousarray(x))[None], orig_sr, new_sr)[0].numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -79,7 +96,14 @@ def main() -> None:
     ap.add_argument("--sample-rate", type=int, default=32000, help="pack sample rate")
     ap.add_argument("--workers", type=int, default=1, help="pack worker processes")
     ap.add_argument("--shard-size", type=int, default=16)
+    ap.add_argument("--no-old", action="store_true", help="skip packing with the old resampler")
+    ap.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU seconds (loaded machine)"
+    )
     args = ap.parse_args()
+    if args.clock == "cpu" and args.workers != 1:
+        ap.error("--clock cpu counts this process only: use --workers 1")
+    timer = functools.partial(time_it, clock=CLOCKS[args.clock])
     torch.set_num_threads(1)
 
     tmp = Path(tempfile.mkdtemp(prefix="ssondo-bench-pack-"))
@@ -91,11 +115,11 @@ def main() -> None:
             src = make_corpus(tmp / "in", args.n, args.seconds, 44100)
             corpus_desc = f"generated: {args.n} x {args.seconds} s, 44.1 kHz stereo FLAC"
         files = audio_files(src)
-        t_dec, in_seconds = time_it(lambda: decode_inputs(files))
+        t_dec, in_seconds = timer(lambda: decode_inputs(files))
         print(f"corpus: {corpus_desc} ({len(files)} files, {in_seconds:.0f} s of audio)")
         print(f"baseline: decode inputs only, 1 process: {len(files) / t_dec:.1f} files/s")
 
-        t_plan, plan = time_it(
+        t_plan, plan = timer(
             lambda: make_plan([src], PackParams(args.sample_rate, "flac", args.shard_size, 0.1, 10.0, False))
         )
         print(
@@ -105,7 +129,7 @@ def main() -> None:
         results = {}
         for fmt in ("flac", "wav"):
             work = tmp / f"work-{fmt}"
-            t, res = time_it(
+            t, res = timer(
                 lambda fmt=fmt, work=work: pack(
                     [src],
                     work,
@@ -118,8 +142,8 @@ def main() -> None:
             )
             shards = sorted((work / "shards").glob("clips-*.tar"))
             size = sum(p.stat().st_size for p in shards)
-            t_raw, _ = time_it(lambda shards=shards: read_shards(shards, decode=False))
-            t_read, (n, secs) = time_it(lambda shards=shards: read_shards(shards, decode=True))
+            t_raw, _ = timer(lambda shards=shards: read_shards(shards, decode=False))
+            t_read, (n, secs) = timer(lambda shards=shards: read_shards(shards, decode=True))
             results[fmt] = {
                 "pack_clips_per_s": res.n_packed / t,
                 "pack_s": t,
@@ -137,13 +161,44 @@ def main() -> None:
                 f"({r['decode_audio_s_per_s_per_core']:.0f} s audio/s, x"
                 f"{r['decode_clips_per_s_per_core'] / r['tar_read_clips_per_s']:.2f} of tar read without decode)"
             )
+        if not args.no_old:
+            for fmt in ("flac", "wav"):
+                with mock.patch("ssondo_cache.audio.resample", old_resample):  # in this process only
+                    t, res = timer(
+                        lambda fmt=fmt: pack(
+                            [src],
+                            tmp / f"work-old-{fmt}",
+                            fmt=fmt,
+                            sample_rate=args.sample_rate,
+                            shard_size=args.shard_size,
+                            workers=1,
+                            progress=False,
+                        )
+                    )
+                results[fmt]["old_pack_clips_per_s"] = res.n_packed / t
+                print(
+                    f"{fmt:4s}: old pack (torchaudio resample, 1 process) {res.n_packed / t:7.1f} clips/s, "
+                    f"x{(res.n_packed / t) / (len(files) / t_dec):.2f} of input decode; new/old "
+                    f"x{results[fmt]['pack_clips_per_s'] / (res.n_packed / t):.2f}"
+                    + ("" if args.workers == 1 else f" (new with {args.workers} workers)")
+                )
         f, w = results["flac"], results["wav"]
         print(
             f"ratio WAV/FLAC: packing x{w['pack_clips_per_s'] / f['pack_clips_per_s']:.2f}, "
             f"decoding x{w['decode_clips_per_s_per_core'] / f['decode_clips_per_s_per_core']:.2f}, "
             f"size x{w['shard_mb'] / f['shard_mb']:.2f}"
         )
-        print(json.dumps({"benchmark": "pack", "corpus": corpus_desc, "workers": args.workers, **results}))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "pack",
+                    "corpus": corpus_desc,
+                    "workers": args.workers,
+                    "clock": args.clock,
+                    **results,
+                }
+            )
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -3,10 +3,12 @@
 Everything here is a pure function of the file's bytes and the pack parameters, so two
 processes (or two runs, or two nodes of a cluster) that see the same bytes produce the same
 samples. Downmix and resampling run in float64: the channel mean of float32 samples is
-then exact whatever the summation order, and the resampler's rounding differences between
-CPU instruction sets stay ~1e-13, far below the int16 step, so ranks on different machines
-still write byte-identical shards. Resampling is torchaudio's windowed-sinc filter
-(``torchaudio.functional.resample`` defaults), on one CPU thread.
+then exact whatever the summation order. Resampling is libsoxr (python-soxr) at its very-high
+quality (``VHQ``: 28-bit precision, so its double-precision engine, linear phase, passband to
+91 % of the lower Nyquist, 170 dB stopband), single-threaded and deterministic: its rounding
+differences between CPU instruction sets stay far below the int16 step, so ranks on different
+machines still write byte-identical shards. Unlike an exact polyphase kernel, its cost does not
+grow with the rates' lowest common multiple (11,127 -> 32,000 Hz costs what 44,100 -> 32,000 does).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 # fmt: off
 # Extensions libsndfile (the decoder behind soundfile) reads.
@@ -30,6 +33,7 @@ UNSUPPORTED_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".mp4", ".wma", ".ape"
 # fmt: on
 SILENCE_PEAK = 10 ** (-70 / 20)  # a clip whose loudest sample is below -70 dBFS counts as silent
 PCM16_SCALE = 32768.0
+RESAMPLE_QUALITY = "VHQ"
 
 
 class AudioReject(Exception):
@@ -138,16 +142,15 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64).mean(axis=1)
 
 
+RESAMPLER = f"soxr-{RESAMPLE_QUALITY}"  # names the resampler in the keys of what it produces
+
+
 def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """(samples,) at orig_sr -> (ceil(samples * new_sr / orig_sr),) at new_sr, same dtype."""
+    """(samples,) float32/float64 at orig_sr -> (about samples * new_sr / orig_sr,) at new_sr, same
+    dtype (libsoxr rounds the length to nearest; float64 in gives its double-precision path)."""
     if orig_sr == new_sr:
         return x
-    import torch
-    import torchaudio.functional as AF
-
-    with torch.inference_mode():
-        y = AF.resample(torch.from_numpy(np.ascontiguousarray(x))[None], orig_sr, new_sr)
-    return y[0].numpy()
+    return soxr.resample(np.ascontiguousarray(x), orig_sr, new_sr, quality=RESAMPLE_QUALITY)
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -29,10 +30,13 @@ from tqdm import tqdm
 from ssondo_cache.atomic import write_bytes, write_json, write_text
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_eval.bootstrap import N_BOOT
+from ssondo_eval.decoded_audio import with_decoded_audio
 from ssondo_eval.embedders import Embedder, embed_task
 from ssondo_eval.probe import ProbeConfig, ProbeResult, probe_folds
 from ssondo_eval.summary import retention_markdown, summarise
 from ssondo_eval.tasks.base import Task
+
+log = logging.getLogger("ssondo.eval")
 
 
 def probe_task(X: np.ndarray, task: Task, config: ProbeConfig, progress: bool = False) -> ProbeResult:
@@ -207,8 +211,10 @@ def evaluate(
 ) -> dict:
     """Probe every model on every task; write REPORT/results.{json,md,png}; return the report dict.
 
-    ``cache_dir`` holds the per-(model, task) embeddings (default ``REPORT/embeddings``);
-    ``untrained``: add each checkpoint student's untrained twin; ``bootstrap``: replicates per task."""
+    ``cache_dir`` holds the per-(model, task) embeddings (default ``REPORT/embeddings``); task clips are
+    decoded once per sample rate for all models into ``REPORT/decoded`` (``decoded_audio``); one line per
+    finished model is logged (``ssondo.eval``); ``untrained``: add each checkpoint student's untrained
+    twin; ``bootstrap``: replicates per task."""
     from ssondo_eval.untrained import pair_untrained, with_untrained
 
     if not models or not tasks:
@@ -216,6 +222,7 @@ def evaluate(
     out = Path(out)
     config = probe_config or ProbeConfig()
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
+    tasks = with_decoded_audio(list(tasks), out / "decoded")
     models = with_untrained(list(models)) if untrained else list(models)
     labels = _labels(models)
     untrained_of = {labels[i]: labels[j] for i, j in pair_untrained(models).items()}
@@ -224,6 +231,10 @@ def evaluate(
     pairs = [(m, lab, t) for m, lab in zip(models, labels, strict=True) for t in tasks]
     for m, lab, t in tqdm(pairs, desc="eval", disable=not progress):
         scores[lab][t.name], preds[lab][t.name] = probe_pair(m, t, out, cache_dir, config, progress)
+        if t is tasks[-1]:
+            log.info(
+                f"eval: {lab} done, {len(tasks)} task(s), embedding {embedding_seconds(scores[lab]):.1f} s"
+            )
     report = {
         "created": now_iso(),
         "code_version": code_version(),
@@ -234,6 +245,24 @@ def evaluate(
         **summarise(models, labels, tasks, scores, preds, untrained_of, n_boot=bootstrap),
     }
     return write_report(report, out, "results", results_markdown, results_chart)
+
+
+def embedding_seconds(scores_of_model: dict[str, dict]) -> float:
+    """Seconds one model spent embedding its tasks (decoding included), from its probe results."""
+    return sum(
+        r.get("embedding", {}).get("compute", {}).get("seconds", 0.0) for r in scores_of_model.values()
+    )
+
+
+def summary_line(report: dict, out: Path) -> str:
+    """The command's last line: what was probed, where the report is, each model's embedding time."""
+    times = ", ".join(
+        f"{m['label']} {embedding_seconds(report['scores'][m['label']]):.1f}" for m in report["models"]
+    )
+    return (
+        f"eval: {len(report['models'])} model(s) x {len(report['tasks'])} task(s) -> {out / 'results.md'}; "
+        f"embedding s: {times}"
+    )
 
 
 def write_report(

@@ -7,6 +7,7 @@ is `ssondo eval probe RUN --task ... --out R`; `ssondo eval ts-sweep WORK ...` i
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import click
@@ -209,8 +210,9 @@ def probe(
     --task, with each student's untrained twin; write REPORT/results.json, results.md (per task, average
     over informative tasks, % of teacher, gain retention, score retention and gain over the untrained
     student with bootstrap CIs) and results.png."""
-    from ssondo_eval.evaluate import run_evaluation
+    from ssondo_eval.evaluate import run_evaluation, summary_line
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per finished model
     try:
         report = run_evaluation(
             list(runs),
@@ -234,9 +236,7 @@ def probe(
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(
-        f"eval: {len(report['models'])} model(s) x {len(report['tasks'])} task(s) -> {out / 'results.md'}"
-    )
+    click.echo(summary_line(report, out))
 
 
 @evaluate.command("ts-sweep")

@@ -1,4 +1,9 @@
-"""Reading a task's audio: decode, mix to mono, resample, crop or pad to the task's clip length."""
+"""Reading a task's audio: decode, mix to mono, resample, crop or pad to the task's clip length.
+
+Mixing down and resampling are the packer's (``ssondo_cache.audio``: float64 channel mean, libsoxr), so
+a task clip and a packed clip of the same file hold the same samples. A task whose ``audio_cache`` is
+set (``decoded_audio.with_decoded_audio``) reads each clip decoded once for all the models of a run.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
+from ssondo_cache.audio import resample, to_mono
 from ssondo_eval.tasks.base import Task, TaskItem
 
 
@@ -19,10 +23,7 @@ def read_audio(path: str | Path, sample_rate: int, clip_seconds: float | None = 
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except Exception as err:  # libsndfile's own message says what is wrong with the file
         raise ValueError(f"cannot decode {path}: {err}") from err
-    audio = data.mean(axis=1)
-    if sr != sample_rate:
-        audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
-    return fit_length(audio, sample_rate, clip_seconds)
+    return fit_length(resample(to_mono(data), sr, sample_rate), sample_rate, clip_seconds)
 
 
 def fit_length(audio: np.ndarray, sample_rate: int, clip_seconds: float | None) -> np.ndarray:
@@ -46,4 +47,5 @@ def read_item(item: TaskItem, task: Task, sample_rate: int) -> np.ndarray:
             f"task {task.name!r}: item {item.key!r} has no audio file (it lives only in a packed corpus); "
             "evaluate it from that corpus's teacher cache instead"
         )
-    return read_audio(item.path, sample_rate, task.clip_seconds)
+    read = task.audio_cache.read if task.audio_cache is not None else read_audio
+    return read(item.path, sample_rate, task.clip_seconds)

@@ -16,8 +16,12 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ssondo_eval.decoded_audio import DecodedAudio
 
 _FOLD = re.compile(r"^fold(\d+)$")
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
@@ -46,6 +50,7 @@ class Task:
     meta: dict = field(default_factory=dict)
     refused: list[dict] = field(default_factory=list)  # items left out: {"path", "reason", "detail"}
     outside_root: list[str] = field(default_factory=list)  # audio paths outside the task's folder (kept)
+    audio_cache: DecodedAudio | None = field(default=None, repr=False, compare=False)  # decoded_audio
 
     def __post_init__(self) -> None:
         if not self.items:
