@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from torch import Tensor
 
 from ssondo_cache.provenance import sha256_file
 from ssondo_cache.registry import Registry
+from ssondo_distill import ssondo_ckpt
+from ssondo_distill.checkpoint import read_torch
 from ssondo_distill.students.head import Student
 from ssondo_distill.students.mobilenetv3 import (
     EFFICIENTAT_CLASSIFIER_PREFIX,
@@ -93,15 +94,12 @@ def _names(keys: list[str], limit: int = 6) -> str:
 
 
 def read_init_file(path: str | Path) -> Any:
-    """The object in a starting-weights file (plain containers and tensors only)."""
+    """The object in a starting-weights file (plain containers and tensors only: never a pickle
+    that could run code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such starting-weights file (--init)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a damaged or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InitMismatch(f"{path}: not a readable torch file of weights ({first})") from None
+    return read_torch(path, "the starting weights", "give another --init file")
 
 
 def detect_format(obj: Any, path: str | Path) -> str:
@@ -211,3 +209,38 @@ class EfficientATFormat:
         dropped = load_efficientat_state_dict(student.backbone, state)
         note = "classifier dropped: the projection head starts from its own initialisation" if dropped else ""
         return Loaded(sorted(f"backbone.{k}" for k in kept), dropped, note)
+
+
+# ---------------------------------------------------------------- the paper authors' ssondo package
+
+
+@INIT_FORMATS.register(ssondo_ckpt.FORMAT)
+class SsondoCkptFormat:
+    """The ``ssondo`` package's ``.ckpt`` (``ssondo_ckpt``'s strict mapping) starts a MobileNetV3 student
+    of its width: the backbone loads strictly, the projection head too when it has the student's shape
+    (same teacher dimension), else it is dropped and said so."""
+
+    def detect(self, obj: Any) -> bool:
+        return ssondo_ckpt.is_ssondo_ckpt(obj)
+
+    def load(self, student: Student, obj: Any, path: Path) -> Loaded:
+        payload = ssondo_ckpt.student_payload(obj, path)
+        theirs = {k: payload["student"][k] for k in ("width_mult", "hidden_dim")}
+        mine = {k: student.config().get(k) for k in theirs}
+        if getattr(student.backbone, "family", None) != "mobilenetv3" or mine != theirs:
+            raise InitMismatch(
+                f"{path}: an ssondo-package MobileNetV3 ({theirs}) cannot start student {student.name!r} ({mine})"
+            )
+        want = student.state_dict()
+        head = sorted(k for k in payload["state_dict"] if k.startswith("head."))
+        fits = all(payload["state_dict"][k].shape == want[k].shape for k in head)
+        state = {k: v for k, v in payload["state_dict"].items() if fits or k not in head}
+        student.load_state_dict(state, strict=fits)  # the mapping checked every backbone key and shape
+        fe = payload["frontend"]
+        note = (
+            f"the file's front-end: win {fe['win_length']}, hop {fe['hop_length']}, {fe['n_mels']} mel "
+            f"{fe['f_min']:g}-{fe['f_max']:g} Hz at {fe['sample_rate']} Hz"
+        )
+        if not fits:
+            note += f"; head dropped: the file projects to {payload['teacher_dim']} dims, the student to {student.teacher_dim}"
+        return Loaded(sorted(k for k in state if k != "_extra_state"), [] if fits else head, note)

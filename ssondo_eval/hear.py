@@ -1,7 +1,7 @@
 """HEAR API for trained students, so any ``student.pt`` drops into hear-eval-kit.
 
     import ssondo_eval.hear as hear
-    model = hear.load_model("runs/mn/student.pt")          # a RUN folder works too
+    model = hear.load_model("runs/mn/student.pt")          # a RUN folder works too; "" reads $SSONDO_STUDENT
     scene = hear.get_scene_embeddings(audio, model)          # audio (n, samples) at model.sample_rate
     emb, ts = hear.get_timestamp_embeddings(audio, model)    # (n, T, D), (n, T) milliseconds
 
@@ -19,6 +19,7 @@ Timestamps are computed as ``k * hop`` in float (no rounded hop accumulating dri
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ SCENE_WINDOW_S = 10.0
 TIMESTAMP_WINDOW_S = 1.0
 TIMESTAMP_HOP_S = 0.05
 MAX_BATCH = 64  # windows per forward
+STUDENT_ENV = "SSONDO_STUDENT"  # the student load_model("") takes
 
 
 class HearStudent(nn.Module):
@@ -55,13 +57,27 @@ class HearStudent(nn.Module):
 
 
 def load_model(model_file_path: str = "") -> HearStudent:
-    """A student checkpoint (``student.pt``, or the RUN folder holding it) as a HEAR model."""
+    """A student checkpoint (``student.pt``, or the RUN folder holding it) as a HEAR model.
+
+    An empty path (what HEAR tools pass for a model that needs no file, e.g. ``hear-validator
+    ssondo_eval.hear`` without ``--model``) takes the student from the environment variable
+    ``SSONDO_STUDENT``."""
     from ssondo_distill.checkpoint import load_student
 
-    if not model_file_path:
-        raise ValueError("ssondo_eval.hear.load_model needs the path of a trained student (student.pt)")
-    path = Path(model_file_path)
+    given = model_file_path or os.environ.get(STUDENT_ENV, "")
+    if not given:
+        raise ValueError(
+            "ssondo_eval.hear.load_model: no student given: pass the path of a student.pt (or of its "
+            f"RUN folder), or set {STUDENT_ENV}=PATH for callers that pass an empty path "
+            f"(e.g. {STUDENT_ENV}=runs/mn/student.pt hear-validator ssondo_eval.hear)"
+        )
+    source = "" if model_file_path else f" (from {STUDENT_ENV})"
+    path = Path(given)
     path = path / "student.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}{source}: no student checkpoint there (a student.pt or its RUN folder)"
+        )
     student, meta = load_student(path, map_location="cpu")
     return HearStudent(student, meta)
 

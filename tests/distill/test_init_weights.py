@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssondo_cache.errors import SsondoError
 from ssondo_distill.init_weights import INIT_FORMATS, InitMismatch, apply_init
 from ssondo_distill.students import build_student
 
@@ -98,7 +99,7 @@ def test_everything_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
     assert "not 'eres2net'" in _refusal("eres2net", good, tmp_path, n_mels=32, m_channels=4)
     assert "not a known starting-weights format" in _refusal("mn04", {"state_dict": {"x": 1}}, tmp_path)
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(InitMismatch, match="junk.pt: not a readable torch file"):
+    with pytest.raises(SsondoError, match="cannot read the starting weights .*junk.pt: truncated or damaged"):
         apply_init(build_student("mn04", 8), tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         apply_init(build_student("mn04", 8), tmp_path / "absent.pt")

@@ -121,3 +121,22 @@ def test_timestamp_embedding_is_the_centred_window(hear_model):
         centre = round(ts[2, k].item() / 1000 * sr)
         window = padded[centre : centre + sr]  # [centre - 0.5 s, centre + 0.5 s) of the clip
         torch.testing.assert_close(emb[2, k], model.embed_windows(window[None])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_empty_path_loads_the_student_named_by_the_environment(student_path, monkeypatch):
+    """HEAR tools pass "" (or nothing) for a model that needs no file: SSONDO_STUDENT names it."""
+    hear = importlib.import_module("ssondo_eval.hear")
+    monkeypatch.setenv(hear.STUDENT_ENV, str(student_path))
+    for model in (hear.load_model(""), hear.load_model()):
+        assert isinstance(model, torch.nn.Module) and model.scene_embedding_size == 384
+    monkeypatch.setenv(hear.STUDENT_ENV, str(student_path.parent))  # a RUN folder, as for a path
+    assert hear.load_model("").meta["teacher_id"] == "tiny-0123456789ab"
+    missing = student_path.parent / "elsewhere.pt"
+    monkeypatch.setenv(hear.STUDENT_ENV, str(missing))
+    with pytest.raises(FileNotFoundError, match=f"{missing} \\(from SSONDO_STUDENT\\): no student"):
+        hear.load_model("")
+    monkeypatch.setenv(hear.STUDENT_ENV, str(missing))  # a given path wins over the variable
+    assert hear.load_model(str(student_path)).scene_embedding_size == 384
+    monkeypatch.delenv(hear.STUDENT_ENV)
+    with pytest.raises(ValueError, match="no student given: pass the path .* or set SSONDO_STUDENT=PATH"):
+        hear.load_model("")
