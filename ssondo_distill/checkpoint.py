@@ -9,6 +9,9 @@ The projection always speaks the teacher's space: a student trained on normalise
 (target_norm center / standardize) is saved with the normalisation folded into the head's last
 Linear (``fold_target_norm``), and ``target_norm`` records what was folded. Version 1 files
 kept it unfolded in ``extra.target_norm``: they are folded when loaded.
+
+``load_student`` / ``read_meta`` also read the paper authors' ``ssondo`` package checkpoints
+(``.ckpt``, mapped strictly by ``ssondo_ckpt``), so every stage that takes a student takes those.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ssondo_cache.errors import SsondoError, UnsafeFileError, writing
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.typed_config import to_dict
 
+from . import ssondo_ckpt
 from .frontend import LogMelConfig, StudentFrontEnd
 from .students import Student, build_student
 
@@ -181,8 +185,10 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no student checkpoint at {path}")
-    fix = "use a student.pt written by `ssondo train` (or train it again)"
+    fix = "use a student.pt written by `ssondo train` (or train it again), or an ssondo-package .ckpt"
     ckpt = read_torch(path, "the student checkpoint", fix, map_location)
+    if isinstance(ckpt, dict) and "format" not in ckpt and ssondo_ckpt.is_ssondo_ckpt(ckpt):
+        ckpt = ssondo_ckpt.student_payload(ckpt, path)  # the paper authors' package's .ckpt
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointMismatch(
             f"{path} is not an ssondo student checkpoint (format "

@@ -31,13 +31,17 @@ from torch import Tensor, nn
 from ssondo_cache.atomic import atomic_path, write_json
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 
-from . import export_check, export_onnx
+from . import export_check, export_onnx, ssondo_ckpt
 from .checkpoint import AudioStudent, load_student
 from .export_check import ExportError, ExportVerificationError, quiet_export
+from .ssondo_ckpt_export import export_ssondo_ckpt
 
-FORMATS = ("onnx", "torchscript")
+# Formats that are another package's checkpoint, not a traced graph: name -> writer(checkpoint, out,
+# options, repeats, threads) -> the export record (verified, like the graphs, before it is published).
+CHECKPOINT_FORMATS = {ssondo_ckpt.FORMAT: export_ssondo_ckpt}
+FORMATS = ("onnx", "torchscript", *CHECKPOINT_FORMATS)
 WHATS = ("embedding", "projection")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt", ssondo_ckpt.FORMAT: ".ckpt"}
 JSON_FORMAT = "ssondo-export"
 
 
@@ -142,6 +146,10 @@ def export_student(
     options = {"fmt": fmt, "int8": int8, "what": what, "clip_seconds": clip_seconds}
     if (done := _finished(out, json_path, ckpt_sha, options)) is not None:
         return done
+    if fmt in CHECKPOINT_FORMATS:
+        record = {"format": JSON_FORMAT, **CHECKPOINT_FORMATS[fmt](ckpt, out, options, repeats, threads)}
+        write_json(json_path, record)
+        return _result(out, json_path, record, reused=False)
 
     model, meta = load_student(ckpt)
     if sha256_file(ckpt) != ckpt_sha:  # e.g. a trainer replacing student.pt right now

@@ -16,7 +16,9 @@ from ssondo_distill.export import FORMATS, WHATS, export_student
     "fmt",
     type=click.Choice(FORMATS),
     required=True,
-    help="onnx: runs in onnxruntime (no torch needed); torchscript: runs with torch.jit.load.",
+    help="onnx: runs in onnxruntime (no torch needed); torchscript: runs with torch.jit.load; ssondo-ckpt: "
+    "the paper authors' package format (`ssondo.get_ssondo(path)`; MobileNetV3 students; audio cut into "
+    "--clip-seconds windows as that package does).",
 )
 @click.option(
     "--int8",
