@@ -49,6 +49,7 @@ CHECK_ARGS = {
     "gpu_extract.py": ["--unique", "256", "--repeat", "32", "--seconds", "12", "--ts", "6", "--iters", "10"],
     "gpu_train.py": ["--clips", "480", "--steps", "80", "--iters", "20"],
     "gpu_kmeans.py": ["--n", "100000", "--d", "768", "--k", "50"],
+    "gpu_pretrain.py": ["--batch-size", "128", "--iters", "5"],  # ViT-B MATPAC++ step (60-s default share)
 }
 CUDA_ERROR = re.compile(
     r"CUDA error|cudaError|CUBLAS_STATUS_|CUDNN_STATUS_|CUFFT_|NCCL error|illegal memory access|"

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "teachers": "pipeline.commands.teachers:teachers",
     "cluster": "pipeline.commands.cluster:cluster",
     "train": "pipeline.commands.train:train",
+    "pretrain": "pipeline.commands.pretrain:pretrain",
     "eval": "pipeline.commands.evaluate:evaluate",
     "export": "pipeline.commands.export:export",
     "ablate": "pipeline.commands.ablate:ablate",

@@ -127,7 +127,8 @@ class BalancedStream(IterableDataset):
         reader = cfg.rank * cfg.workers + worker
         done = len(range(worker, self.start_step, cfg.workers))  # batches this reader already gave
         segments = plan.readers[reader]
-        store = CacheStore(self.view.cache_path)  # opened in the worker process
+        # opened in the worker process; no cache: audio only (MATPAC pretraining, ssondo_distill/pretrain)
+        store = CacheStore(self.view.cache_path) if self.view.cache_path else None
         loaded: dict[int, tuple] = {}
         batch: list[tuple[np.ndarray, np.ndarray, int, int]] = []
         k = done

@@ -224,9 +224,10 @@ def _refuse_nonfinite(
 
 
 def read_segment(
-    view: CorpusView, store: CacheStore, table: sampling.SamplingTable, segment: sampling.Segment
+    view: CorpusView, store: CacheStore | None, table: sampling.SamplingTable, segment: sampling.Segment
 ) -> tuple[list[tuple[memoryview, str]], np.ndarray, np.ndarray | None]:
-    """Audio bytes of the segment's clips (tar order) and their targets, from one block read.
+    """Audio bytes of the segment's clips (tar order) and their targets, from one block read
+    (``store`` None: audio only, the targets are (n, 0)).
 
     Returns (audio [(bytes, ext)] per item, targets (n, D) or (n, W, D) float32, n_windows (n,) or None)."""
     start, stop = view.shard_rows(segment.shard)
@@ -237,7 +238,9 @@ def read_segment(
             f"(rows {start}..{stop - 1} in the cache)"
         )
     lo, hi = int(rows[0]), int(rows[-1]) + 1
-    if view.target == "window":
+    if store is None:
+        targets, n_windows = np.zeros((hi - lo, 0), np.float32), None
+    elif view.target == "window":
         targets, n_windows = store.read_windows(lo, hi)
     else:
         targets, n_windows = store.read_clip(lo, hi), None
