@@ -207,8 +207,15 @@ class EfficientATFormat:
                 + "; ".join(p for p in problems if p)
             )
         dropped = load_efficientat_state_dict(student.backbone, state)
-        note = "classifier dropped: the projection head starts from its own initialisation" if dropped else ""
-        return Loaded(sorted(f"backbone.{k}" for k in kept), dropped, note)
+        notes = (
+            ["classifier dropped: the projection head starts from its own initialisation"] if dropped else []
+        )
+        t_max = getattr(getattr(student.backbone, "schedule", None), "t_max", 1.0)
+        if family == "dymn" and t_max > 1:  # EfficientAT's released DyMNs finished the schedule at 1
+            notes.append(
+                f"DyMN attention temperature starts at {t_max:g}: temperature_max 1 keeps the file's"
+            )
+        return Loaded(sorted(f"backbone.{k}" for k in kept), dropped, "; ".join(notes))
 
 
 # ---------------------------------------------------------------- the paper authors' ssondo package

@@ -41,7 +41,7 @@ def _default(name: str) -> str:
 )
 @click.option(
     "--init",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),  # not checked here: --resume never reads it
     help="Start the student from these weights: an EfficientAT checkpoint (mn10_im.pt, mn10_as.pt, "
     "dymn10_as.pt...; the backbone loads strictly, the classifier is dropped). Used by a fresh run "
     "only; --resume continues from the run's checkpoint (config file, else none).",

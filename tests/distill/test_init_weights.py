@@ -71,6 +71,9 @@ def test_dymn_layout_loads_into_a_dymn_student(tmp_path):
     assert len(report.dropped) == 4 and report.loaded == sorted(
         f"backbone.{k}" for k in student.backbone.state_dict()
     )
+    assert "temperature starts at 30" in report.note  # the default schedule would undo a finished one
+    settled = build_student("dymn10", 8, hidden_dim=16, temperature_max=1.0)
+    assert "temperature" not in apply_init(settled, path).note
 
 
 def _refusal(student_name: str, state: dict, tmp_path: Path, **opts) -> str:
@@ -175,10 +178,14 @@ def test_train_init_fresh_run_loads_it_resume_never_reads_it(work, mn04_file, tm
 
     # resume: the file is not read again (it may be gone); the start stays recorded
     init.rename(tmp_path / "moved.pt")
-    result = train(_run_cfg(work, run, init, resume=True), progress=False)
-    assert result.steps == 4 and result.resumed_from == 2 and len(seen) == 1
+    config.write_text(json.dumps(to_dict(_run_cfg(work, run, None))))
+    args = ["train", str(work), "--config", str(config), "--init", str(init), "--resume", "--no-progress"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    result = json.loads((run / "result.json").read_text())["result"]
+    assert result["steps"] == 4 and result["resumed_from"] == 2 and len(seen) == 1
     assert json.loads((run / "config.json").read_text())["init"] == record
-    assert read_meta(run / "student.pt")["init_info"] == record and result.init == record
+    assert read_meta(run / "student.pt")["init_info"] == record and result["init"] == record
     assert all(
         torch.isfinite(v).all()
         for v in torch.load(run / "student.pt", weights_only=True)["state_dict"].values()
