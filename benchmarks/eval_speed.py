@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--teacher-option", action="append", default=[], help="KEY=VALUE for the teacher")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument(
+        "--probe-option", action="append", default=[], help="KEY=JSON for ProbeConfig, e.g. max_epochs=20"
+    )
+    ap.add_argument(
         "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU seconds (loaded machine)"
     )
     args = ap.parse_args()
@@ -118,7 +121,7 @@ def main() -> None:
             StudentEmbedder(student_checkpoint(tmp / "student.pt"), ts=10.0, device="cpu"),
             LogMelStatsEmbedder(),
         ]
-        probe = ProbeConfig()
+        probe = ProbeConfig(**{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.probe_option)})
         print(
             f"task: {args.clips} clips of 1.0-1.8 s at {rates} Hz; models: teacher {args.teacher}, "
             "student mn04 + its untrained twin, log-mel; 1 torch thread"
@@ -151,6 +154,7 @@ def main() -> None:
                     "rates": rates,
                     "teacher": args.teacher,
                     "clock": args.clock,
+                    "probe_options": args.probe_option,
                     "decoded_cache_mb": decoded / 1e6,
                     **results,
                 }

@@ -307,7 +307,7 @@ def _build_shard_task(task: tuple) -> int:
     claim = try_claim(ws.manifests_dir / "claims", f"shard-{shard:06d}")
     if claim is None:
         return 0
-    with claim, _one_torch_thread():
+    with claim:
         if ws.shard_path(shard).is_file() and part_path(ws, shard, fingerprint).is_file():
             return 0
         return build_shard(ws, shard, items, params, fingerprint)
@@ -405,24 +405,6 @@ def _pool(workers: int) -> Iterator[Any]:
     if workers <= 1:
         yield None
         return
-    with lifecycle.child_context("spawn").Pool(workers, initializer=_init_worker) as pool:  # die with us
+    # libsoxr resamples on one thread in every process: workers need no torch (seconds per spawn)
+    with lifecycle.child_context("spawn").Pool(workers) as pool:  # die with us
         yield pool
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Resample on one thread: the result must not depend on how many threads a process has."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

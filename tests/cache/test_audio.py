@@ -140,3 +140,20 @@ def test_iter_shard_reads_what_was_written(tmp_path) -> None:
     again = tmp_path / "again.tar"
     write_shard_file(again, clips)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_packing_needs_no_torch(tmp_path) -> None:
+    """libsoxr resamples: a pack (here 22.05 -> 32 kHz) in a fresh interpreter never imports torch,
+    so pack's spawned workers start in a fraction of the time."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", tone(0.5, 22050, 2), 22050)
+    code = (
+        "import sys; from ssondo_cache.pack import pack; "
+        f"r = pack([{str(tmp_path / 'in')!r}], {str(tmp_path / 'work')!r}, progress=False); "
+        "assert r.n_packed == 1, r; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
