@@ -26,7 +26,8 @@ from ssondo_cache.cluster_report import (
     write_report,
 )
 from ssondo_cache.cluster_stream import Fitted, Points, assign_all, fit_sample, scan_points
-from ssondo_cache.kmeans import ClusterInputError, default_sample, faiss_device, l2_normalize_
+from ssondo_cache.kmeans import ClusterInputError, faiss_device, l2_normalize_
+from ssondo_cache.kmeans_sample import default_sample
 from ssondo_cache.manifests import META_KEY, read_clips, write_table
 from ssondo_cache.provenance import code_version, now_iso
 from ssondo_cache.workspace import Workspace

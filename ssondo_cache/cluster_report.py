@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ssondo_cache.atomic import atomic_path, write_json
-from ssondo_cache.kmeans import sample_indices, sample_rng
+from ssondo_cache.kmeans_sample import sample_indices, sample_rng
 
 
 def metric_sample_indices(n: int, size: int, seed: int) -> np.ndarray:

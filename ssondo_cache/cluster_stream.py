@@ -1,7 +1,7 @@
 """Clustering a cache in bounded memory: two passes over it, one tar shard at a time.
 
 Pass 1 (scan_points) counts the points, checks they are finite and keeps only the training sample and the
-metric sample (kmeans.StreamSample: the points kmeans.sample_indices would pick from the whole array).
+metric sample (kmeans_sample.StreamSample: the points sample_indices would pick from the whole array).
 k-means trains on the sample (fit_sample). Pass 2 (assign_all) labels every point, in tiles
 (kmeans.TiledAssigner), so the result is that of kmeans.kmeans on the whole array, to the bit. Nothing
 holds the (N, D) float32 array of all points, unless `sample=0` asks to train on every point.
@@ -19,15 +19,13 @@ from tqdm.auto import tqdm
 
 from ssondo_cache.kmeans import (
     ClusterInputError,
-    StreamSample,
     TiledAssigner,
-    default_sample,
     faiss_device,
     l2_normalize_,
     nonfinite_rows,
-    sample_rng,
     train,
 )
+from ssondo_cache.kmeans_sample import StreamSample, default_sample, sample_rng
 
 
 def iter_points(

@@ -3,8 +3,8 @@ nearest-centroid assignment of every point in fixed tiles. Knows nothing about c
 (ssondo_cache/cluster.py streams a cache through `train` and `TiledAssigner`).
 
 Choices that are deliberate, not accidents:
-- Lloyd iterations run on a random training sample (default_sample: SAMPLE_PER_CENTROID points per
-  centroid, at most SAMPLE_BYTES of float32), then every point is assigned. Measured (benchmarks/
+- Lloyd iterations run on a random training sample (kmeans_sample.default_sample: SAMPLE_PER_CENTROID points
+  per centroid, at most SAMPLE_BYTES of float32), then every point is assigned. Measured (benchmarks/
   cluster.py --sample-sweep, 200k x 768, k=50, Lloyd from the same seeds, inertia on ALL points vs
   training on all): 512 per centroid +0.37 % / +0.74 %, 1024 per centroid -0.26 % / -0.54 % (two
   seedings; which local optimum a run lands in moves the figure by more than the sampling does).
@@ -13,11 +13,15 @@ Choices that are deliberate, not accidents:
 - Seeding is greedy k-means++ (the variant scikit-learn uses: 2 + ln k candidates per step, keep the one
   that lowers the potential most), vectorised with one GEMM per step. FAISS 1.15's own k-means++ is a
   plain single-threaded D^2 sampler over every point. Seeding runs on a fixed random subset of
-  max(INIT_MIN, INIT_PER_CENTROID k) training points because each step reads every seeding point once.
-  `n_init` seedings (N_INIT) each get Lloyd iterations on that subset; the one with the lowest inertia
-  there is refined on the training sample. Many cheap restarts are what reaches MiniBatchKMeans'
-  inertia: on benchmarks/cluster.py's data, single full-data Lloyd runs ended 1.9-2.5 % above it, best
-  of 4 on 20k points +0.8 to +1.1 %, best of 16 on 5k points -0.5 to +0.2 %, best of 32 -0.5 %.
+  max(INIT_MIN, INIT_PER_CENTROID k) training points, projected onto its top 2k principal directions
+  (pca_basis; k-means' optimum lives near the span of k centroids, and projecting onto 2k directions is
+  known to keep the objective within a small factor), so a restart costs 2k/D of a full-width one. Up to
+  N_INIT seedings, each k-means++ + at most INIT_MAX_ITER Lloyd iterations there, as many as fit
+  SEED_BUDGET Lloyd iterations on the training set (small training sets get fewer: a 10k-point cluster
+  once spent 32 full-width restarts on half its points, 115 s under load); the lowest inertia there is
+  lifted to full-D cluster means and refined on the training sample. Many cheap restarts are what reaches
+  MiniBatchKMeans' inertia: on benchmarks/cluster.py's data, single full-data Lloyd runs ended 1.9-2.5 %
+  above it, best of 4 on 20k points +0.8 to +1.1 %, best of 32 on 5k points -0.5 %.
 - Iterations stop when the objective improves by less than `tol` (relative), at most `max_iter`.
 - Assignment searches tiles of ASSIGN_TILE consecutive points whatever blocks they arrive in, so a
   cache streamed one tar shard at a time is labelled exactly as the whole array at once.
@@ -36,15 +40,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ssondo_cache.devices import pick_device
+from ssondo_cache.kmeans_sample import default_sample, sample_indices, sample_rng
 
 log = logging.getLogger(__name__)
 
-SAMPLE_PER_CENTROID = 1024  # training points per centroid by default (measured: see the module docstring)
-SAMPLE_MIN_PER_CENTROID = 256  # the byte cap never cuts below this
-SAMPLE_BYTES = 1 << 30  # the default training sample holds at most this much float32 (1 GiB)
 INIT_MIN, INIT_PER_CENTROID = 5_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points
-N_INIT = 32  # seedings tried on the seeding subset (each: k-means++ + Lloyd there)
-N_INIT_WHOLE = 4  # ... when the seeding subset is the whole training set (each try a full run: fewer)
+N_INIT = 32  # most seedings tried on the seeding subset (each: k-means++ + capped Lloyd there) ...
+SEED_BUDGET = 16  # ... as many as cost at most this many Lloyd iterations on the training set ...
+N_INIT_MIN = 4  # ... but never fewer (on tiny inputs the budget would allow one; they cost nothing)
+INIT_MAX_ITER = 20  # Lloyd iterations per seeding, at most
+INIT_DIMS_PER_CENTROID = 2  # seedings run in the top 2k principal directions of the seeding subset
+SEED_THREADS = 1  # FAISS threads while seeding (small problems)
 ASSIGN_TILE = 4096  # points per assignment search (a (4096, 3840) float32 tile is 63 MB)
 
 
@@ -231,74 +237,81 @@ def assign(
     return tiles.result()
 
 
-def default_sample(k: int, d: int) -> int:
-    """Training points when none are given: SAMPLE_PER_CENTROID per centroid, at most SAMPLE_BYTES of
-    float32 (a floor of SAMPLE_MIN_PER_CENTROID per centroid wins over the byte cap)."""
-    cap = SAMPLE_BYTES // (4 * d)
-    return max(min(SAMPLE_PER_CENTROID * k, cap), SAMPLE_MIN_PER_CENTROID * k)
-
-
-def sample_rng(seed: int, stream: int = 0) -> np.random.Generator:
-    """The generator of sample keys (stream 0: training sample, 1: metric sample): a stream of `seed` of
-    its own, independent of the generator seeding uses, and of data made with default_rng(seed) (whose
-    first uniforms would otherwise pick a biased sample, e.g. numpy's choice(p=...) in benchmarks)."""
-    return np.random.default_rng([0x55A3, stream, seed])
-
-
-def sample_indices(n: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Sorted indices of the `size` points of smallest key among n, keys = rng.random(n) (one draw per
-    point, always taken), or None when size >= n (all points). StreamSample picks the same points from a
-    stream; with one seed a smaller sample is a subset of a larger one."""
-    keys = rng.random(n)  # (n,)
-    return None if size >= n else np.sort(np.argpartition(keys, size - 1)[:size])
-
-
-class StreamSample:
-    """sample_indices' points, picked from points fed in blocks (one rng.random draw per point, in the
-    order fed) while holding at most 2.5 `size` of them (pruned back to `size` when 1.5 `size` pile up)."""
-
-    def __init__(self, size: int, rng: np.random.Generator) -> None:
-        self.size, self.rng = size, rng
-        self.seen = 0  # points fed so far
-        self.threshold = np.inf  # keys at or above it can no longer be among the `size` smallest
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (keys, positions, points)
-        self.held = 0
-
-    def add(self, X: np.ndarray) -> None:
-        """Feed the next points, X (m, D) float32."""
-        keys = self.rng.random(len(X))  # (m,)
-        keep = np.flatnonzero(keys < self.threshold)
-        if len(keep):
-            self.parts.append((keys[keep], keep + self.seen, X[keep].astype(np.float32, copy=True)))
-            self.held += len(keep)
-        self.seen += len(X)
-        if self.held > self.size + max(self.size // 2, 1):
-            self._prune(self.size)
-
-    def _prune(self, size: int) -> None:
-        keys = np.concatenate([p[0] for p in self.parts])
-        if len(keys) > size:
-            cut = np.partition(keys, size - 1)[size - 1]
-            self.parts = [(k[k <= cut], i[k <= cut], x[k <= cut]) for k, i, x in self.parts]
-            self.threshold = cut
-        self.held = sum(len(p[0]) for p in self.parts)
-
-    def result(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The `size` (default and at most: self.size) smallest-key points in point order (parts are
-        appended in stream order and pruning keeps it): (positions (s,) int64, points (s, D) float32)."""
-        size = self.size if size is None else min(size, self.size)
-        keys = np.concatenate([p[0] for p in self.parts]) if self.parts else np.empty(0)
-        cut = np.inf if size >= len(keys) else np.partition(keys, size - 1)[size - 1]
-        pos = np.concatenate([i[k <= cut] for k, i, _ in self.parts]) if self.parts else np.empty(0, np.int64)
-        pts = [x[k <= cut] for k, _, x in self.parts]
-        return pos, np.concatenate(pts) if len(pts) != 1 else pts[0]
-
-
 @dataclass
 class Trained:
     centroids: np.ndarray  # (k, D) float32
     objective: list[float]  # FAISS objective per Lloyd iteration on the training set
     init_points: int
+    n_init: int = 1  # seedings tried
+    init_dims: int = 0  # dimensions they ran in
+
+
+def pca_basis(
+    X: np.ndarray, p: int, rng: np.random.Generator, power: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-p principal directions of X (m, D) by a randomised range finder (`power` power iterations):
+    (mean (D,), basis V (D, p) with orthonormal columns). Cost: about 2 (power + 1) m D (p + 10) flops."""
+    mu = X.mean(axis=0, dtype=np.float64).astype(np.float32)  # (D,)
+    Xc = X - mu  # (m, D)
+    q, _ = np.linalg.qr(Xc @ rng.standard_normal((X.shape[1], p + 10)).astype(np.float32))  # (m, p+10)
+    for _ in range(power):
+        q, _ = np.linalg.qr(Xc @ (Xc.T @ q))
+    vt = np.linalg.svd(q.T @ Xc, full_matrices=False)[2]  # (p+10, D)
+    return mu, np.ascontiguousarray(vt[:p].T)
+
+
+def seeding_dims(m: int, d: int, k: int) -> int:
+    """Dimensions the seedings of m points in D run in: INIT_DIMS_PER_CENTROID k principal directions,
+    or all D when that many (plus the range finder's 10 spare) would not be fewer than min(m, D)."""
+    p = INIT_DIMS_PER_CENTROID * k
+    return p if p + 10 <= min(m, d) else d
+
+
+def seeding_restarts(nt: int, d: int, m: int, p: int, k: int) -> int:
+    """Seedings that fit SEED_BUDGET: each costs about m p k (2 + ln k + INIT_MAX_ITER + 1) (k-means++,
+    capped Lloyd and scoring on m points in p dims), the budget SEED_BUDGET Lloyd iterations on the
+    training set (nt d k). Between N_INIT_MIN and N_INIT."""
+    per_try = m * p * (2 + int(math.log(k)) + INIT_MAX_ITER + 1)
+    return int(min(N_INIT, max(N_INIT_MIN, SEED_BUDGET * nt * d // per_try)))
+
+
+def seed_centroids(
+    Xi: np.ndarray, k: int, n_init: int, rng: np.random.Generator, seed: int, tol: float, progress: bool
+) -> tuple[np.ndarray, int]:
+    """Best of n_init seedings of the seeding subset Xi (m, D): greedy k-means++ then at most INIT_MAX_ITER
+    Lloyd iterations, in the top p principal directions of Xi (seeding_dims: 2k, or all D when small);
+    the lowest inertia there wins and becomes full-D means of its clusters. -> ((k, D) float32, p).
+    One FAISS thread: these are small problems, where OpenMP barriers on busy cores cost more than they
+    save (10k x 768 before: 7 s with one thread, 54 s with two on a loaded 2-core machine). On the CPU:
+    the GPU is for the big runs."""
+    m, d = Xi.shape
+    p = seeding_dims(m, d, k)
+    project = p < d
+    mu, V = pca_basis(Xi, p, rng) if project else (None, None)
+    Z = np.ascontiguousarray((Xi - mu) @ V) if project else Xi  # (m, p)
+    if n_init == 1:
+        return np.ascontiguousarray(Xi[kmeans_plusplus(Z, k, rng)[0]], dtype=np.float32), Z.shape[1]
+    index, l2 = _flat_index(Z.shape[1], "cpu"), _flat_index(Z.shape[1], "cpu")
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(SEED_THREADS)
+    try:
+        best = None  # (inertia in the seeding space, centroids there)
+        for r in range(n_init):
+            c = np.ascontiguousarray(Z[kmeans_plusplus(Z, k, rng)[0]], dtype=np.float32)  # (k, p)
+            c, _ = _lloyd(Z, c, index, False, seed, INIT_MAX_ITER, tol, progress, f"seeding {r + 1}/{n_init}")
+            score = float(assign(Z, c, index=l2)[1].sum(dtype=np.float64))
+            best = (score, c) if best is None or score < best[0] else best
+        labels = assign(Z, best[1], index=l2)[0]  # (m,)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    onehot = np.zeros((k, m), np.float32)
+    onehot[labels, np.arange(m)] = 1.0
+    counts = onehot.sum(axis=1)  # (k,)
+    full = onehot @ Xi / np.maximum(counts, 1.0)[:, None]  # (k, D) means of each cluster's points
+    if (counts == 0).any():  # a centroid that lost every point keeps its seeding-space position
+        back = best[1] @ V.T + mu if project else best[1]
+        full[counts == 0] = back[counts == 0]
+    return np.ascontiguousarray(full, dtype=np.float32), Z.shape[1]
 
 
 def train(
@@ -314,33 +327,20 @@ def train(
     n_init: int | None = None,
     progress: bool = False,
 ) -> Trained:
-    """Seed (best of n_init greedy k-means++ + Lloyd on a seeding subset) and run Lloyd on all of Xt (nt, D)
-    float32 (already normalised when `normalize`)."""
+    """Seed (`seed` on a seeding subset) and run Lloyd on all of Xt (nt, D) float32 (already normalised
+    when `normalize`)."""
     nt, d = Xt.shape
     m = max(INIT_MIN, INIT_PER_CENTROID * k) if init_sample is None else init_sample or nt
     m = nt if m >= nt else max(m, k)
-    n_init = (N_INIT if m < nt else N_INIT_WHOLE) if n_init is None else n_init
+    n_init = seeding_restarts(nt, d, m, seeding_dims(m, d, k), k) if n_init is None else n_init
     init_idx = sample_indices(nt, m, rng)
     Xi = Xt if init_idx is None else Xt[init_idx]
+    c, dims = seed_centroids(Xi, k, n_init, rng, seed, tol, progress)
+    if normalize:
+        l2_normalize_(c)
     index = _flat_index(d, device, inner_product=normalize)  # Lloyd's assignments (cosine when spherical)
-    l2 = _flat_index(d, device)
-    best = None  # (inertia on the seeding subset, centroids): n_init short runs there, keep the best
-    for r in range(n_init):
-        c = np.ascontiguousarray(Xi[kmeans_plusplus(Xi, k, rng)[0]], dtype=np.float32)  # (k, D)
-        if normalize:
-            l2_normalize_(c)
-        if n_init > 1:
-            c, _ = _lloyd(
-                Xi, c, index, normalize, seed, max_iter, tol, progress, f"k-means k={k} init {r + 1}/{n_init}"
-            )
-            score = float(assign(Xi, c, index=l2)[1].sum(dtype=np.float64))
-            best = (score, c) if best is None or score < best[0] else best
-        else:
-            best = (0.0, c)
-    centroids, objective = _lloyd(
-        Xt, best[1], index, normalize, seed, max_iter, tol, progress, f"k-means k={k}"
-    )
-    return Trained(centroids, objective, m)
+    centroids, objective = _lloyd(Xt, c, index, normalize, seed, max_iter, tol, progress, f"k-means k={k}")
+    return Trained(centroids, objective, m, n_init, dims)
 
 
 def check_points(X: np.ndarray, k: int) -> None:
@@ -375,9 +375,9 @@ def kmeans(
     normalize: L2-normalise rows and run spherical k-means (unit centroids, cosine assignment).
     sample: train on this many random points (None: default_sample(k, D); 0: all); every point is assigned.
     init_sample: seed on this many random training points; None: max(INIT_MIN, INIT_PER_CENTROID k); 0: all.
-    n_init: with n_init > 1, run n_init seedings + Lloyd on the seeding subset and refine the best one
-        (lowest inertia there) on the whole training set; None: N_INIT, or N_INIT_WHOLE when the seeding
-        subset is the whole training set (small inputs: each try is then a full run).
+    n_init: with n_init > 1, run n_init seedings + capped Lloyd on the seeding subset (in its top 2k
+        principal directions) and refine the best one on the whole training set; None: as many as fit
+        SEED_BUDGET (seeding_restarts), at most N_INIT.
     copy: False lets normalize work in place on X (saves memory on big caches).
     """
     t0 = time.perf_counter()

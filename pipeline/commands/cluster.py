@@ -61,9 +61,10 @@ def _ks(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     "--n-init",
     type=click.IntRange(min=1),
     default=None,
-    help="Seedings (k-means++ + Lloyd) tried on the seeding subset; the best one is refined on the training "
-    "sample (many cheap restarts find a lower inertia than one long run). [default: 32; 4 when the seeding "
-    "subset is every training point, as each try is then a full run]",
+    help="Seedings (k-means++ + at most 20 Lloyd iterations, in the seeding subset's top 2k principal "
+    "directions) tried; the best one is refined on the training sample (many cheap restarts find a lower "
+    "inertia than one long run). [default: as many as cost at most 16 Lloyd iterations on the training "
+    "sample, up to 32]",
 )
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, help="Most Lloyd iterations.")
 @click.option(

@@ -1,4 +1,5 @@
-"""Balanced sampling manifests: FAISS k-means, weights, metrics, pictures, refusals, the CLI.
+"""Balanced sampling manifests: weights, metrics, pictures, refusals, the CLI (k-means on arrays:
+test_kmeans.py).
 
 Reusable for any cache (the end-to-end demo test can call them on the demo teacher's cache):
 ``check_balanced_manifest(work, cache_name, manifest)`` asserts every invariant of a written manifest
@@ -34,12 +35,12 @@ from ssondo_cache.cluster_report import (
     plot_cluster_sizes,
     plot_projection,
 )
-from ssondo_cache.devices import DeviceError
-from ssondo_cache.kmeans import ClusterInputError, kmeans, kmeans_plusplus, l2_normalize_
+from ssondo_cache.kmeans import ClusterInputError, kmeans, l2_normalize_
 from ssondo_cache.manifests import clips_fingerprint, read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.store import cache_path, create_or_open
 from tests.cache.conftest import tone, write_audio
+from tests.cache.test_kmeans import blobs
 
 CLASSES = ("dog", "rain", "speech", "siren")
 FREQS = (220.0, 660.0, 1500.0, 3000.0)
@@ -47,16 +48,6 @@ NOISE = (0.002, 0.02, 0.1, 0.4)  # noise level per class: what the tiny teacher'
 
 
 # ---------------------------------------------------------------- reusable helpers
-
-
-def blobs(sizes: list[int], d: int = 16, spread: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Well separated Gaussian blobs of uneven sizes -> (X (n, d) float32, truth (n,) int)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((len(sizes), d)) * 4
-    X = np.concatenate(
-        [c + spread * rng.standard_normal((s, d)) for c, s in zip(centers, sizes, strict=True)]
-    )
-    return X.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
 
 
 def make_labelled_workspace(tmp: Path, n_clips: int = 24, shard_size: int = 8) -> Path:
@@ -197,80 +188,6 @@ def _copy(work: Path, tmp: Path) -> Path:
 
     shutil.copytree(work, tmp / "w")
     return tmp / "w"
-
-
-# ---------------------------------------------------------------- k-means on arrays
-
-
-def test_kmeans_finds_uneven_blobs_and_uses_every_point():
-    X, truth = blobs([900, 300, 120, 40, 12], seed=1)  # 1372 points > 256 per centroid x 5
-    res = kmeans(X, 5, seed=0, device="cpu", tol=0)
-    assert skm.adjusted_rand_score(truth, res.labels) == 1.0
-    assert res.train_points == len(X) and res.labels.shape == (len(X),)
-    # Lloyd's fixed point on ALL points: each centroid is the mean of every point assigned to it
-    # (FAISS's default 256 points per centroid would leave centroids = means of a subsample)
-    for j in range(5):
-        assert np.allclose(res.centroids[j], X[res.labels == j].mean(0), atol=1e-5)
-    assert res.inertia == pytest.approx(
-        ((X - res.centroids[res.labels]) ** 2).sum(dtype=np.float64), rel=1e-5
-    )
-    assert np.allclose(res.distances, np.linalg.norm(X - res.centroids[res.labels], axis=1), atol=1e-4)
-
-
-def test_kmeans_same_seed_same_result_and_sample_option():
-    X, _ = blobs([500, 200, 80], d=8, spread=1.5, seed=2)
-    a, b = kmeans(X, 6, seed=3, device="cpu"), kmeans(X, 6, seed=3, device="cpu")
-    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centroids, b.centroids)
-    s = kmeans(X, 6, seed=3, device="cpu", sample=100)
-    assert s.train_points == 100 and s.labels.shape == (len(X),)  # trained on 100, every point assigned
-
-
-def test_kmeans_normalize_is_spherical_and_leaves_input_alone():
-    X, truth = blobs([200, 100, 50], d=8, seed=3)
-    X0 = X.copy()
-    res = kmeans(X, 3, seed=0, device="cpu", normalize=True)
-    assert np.array_equal(X, X0)
-    assert np.allclose(np.linalg.norm(res.centroids, axis=1), 1.0, atol=1e-5)
-    assert skm.adjusted_rand_score(truth, res.labels) == 1.0
-    Xn = l2_normalize_(X.copy())
-    assert np.array_equal(l2_normalize_(Xn.copy()), Xn)  # idempotent to the bit (k sweeps normalise once)
-
-
-def test_kmeans_plusplus_seeds_every_blob_once():
-    X, truth = blobs([1000, 100, 10, 5], seed=4)
-    for seed in range(5):
-        idx, potential = kmeans_plusplus(X, 4, np.random.default_rng(seed))
-        assert sorted(truth[idx]) == [0, 1, 2, 3]  # a random init would mostly miss the 5-point blob
-        assert potential == pytest.approx(((X[:, None] - X[idx][None]) ** 2).sum(-1).min(1).sum(), rel=1e-4)
-
-
-def test_kmeans_refusals():
-    X, _ = blobs([10, 10], d=4)
-    with pytest.raises(ClusterInputError, match="k=21"):
-        kmeans(X, 21, device="cpu")
-    bad = X.copy()
-    bad[[1, 5, 7], 2] = np.nan
-    with pytest.raises(ClusterInputError, match="^3 of 20 embedding rows contain NaN"):
-        kmeans(bad, 2, device="cpu")
-    with pytest.raises(ClusterInputError, match="float32"):
-        kmeans(X.astype(np.float64), 2, device="cpu")
-
-
-@pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="checks the no-GPU refusal")
-def test_cuda_without_gpu_is_an_error_and_auto_says_cpu():
-    X, _ = blobs([30, 30], d=4)
-    with pytest.raises(DeviceError, match=r"FAISS \(faiss.get_num_gpus\(\)\) sees no CUDA device"):
-        kmeans(X, 2, device="cuda")
-    res = kmeans(X, 2, device="auto")
-    assert res.device == "cpu" and "no GPU" in res.device_reason
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs a FAISS GPU")
-def test_gpu_matches_cpu():
-    X, _ = blobs([3000, 1000, 300], d=32, seed=5)
-    cpu, gpu = kmeans(X, 3, device="cpu"), kmeans(X, 3, device="cuda")
-    assert gpu.device == "cuda" and skm.adjusted_rand_score(cpu.labels, gpu.labels) == 1.0
 
 
 def test_weights_give_each_cluster_equal_mass():

@@ -11,14 +11,8 @@ import pytest
 
 from ssondo_cache.cache_index import open_cache
 from ssondo_cache.cluster import cluster_cache, read_sampling_manifest
-from ssondo_cache.kmeans import (
-    StreamSample,
-    TiledAssigner,
-    assign,
-    default_sample,
-    kmeans,
-    sample_indices,
-)
+from ssondo_cache.kmeans import TiledAssigner, assign, kmeans
+from ssondo_cache.kmeans_sample import StreamSample, default_sample, sample_indices
 from ssondo_cache.manifests import clips_fingerprint, clips_table, write_table
 from ssondo_cache.store import CacheStore, cache_path, create_or_open
 from ssondo_cache.workspace import Workspace
@@ -183,17 +177,3 @@ def test_streamed_cluster_cache_equals_kmeans_on_the_whole_array(caches: dict[in
     assert np.array_equal(table["row"].to_numpy(), r) and np.array_equal(table["window"].to_numpy(), w)
     assert np.array_equal(table["cluster"].to_numpy(), ref.labels)
     assert np.array_equal(table["distance"].to_numpy(), ref.distances)
-
-
-def test_restarts_only_where_seeding_runs_on_a_subset(monkeypatch):
-    import ssondo_cache.kmeans as km
-
-    calls = []
-    real = km.kmeans_plusplus
-    monkeypatch.setattr(km, "kmeans_plusplus", lambda X, k, rng: calls.append(len(X)) or real(X, k, rng))
-    X = np.random.default_rng(0).standard_normal((600, 4)).astype(np.float32)
-    km.kmeans(X, 3, device="cpu", sample=0)  # seeding subset = every training point: each try a full run
-    assert calls == [600] * km.N_INIT_WHOLE
-    calls.clear()
-    km.kmeans(X, 3, device="cpu", sample=0, init_sample=50)  # cheap tries on a subset: many of them
-    assert calls == [50] * km.N_INIT and km.N_INIT > km.N_INIT_WHOLE
