@@ -1,10 +1,11 @@
 """Export a trained student for deployment: raw 32 kHz audio (B, S) -> embedding (B, D), front-end
-included, as TorchScript or ONNX, optionally with int8 dynamic quantisation of its Linear layers.
+included, as TorchScript or ONNX, optionally int8: static quantisation of its convolutions and
+Linear layers, calibrated on packed clips (``quantize``).
 
 Every export is VERIFIED before it is published (nothing is written when it fails): the file is
-run (torch.jit.load / onnxruntime) on seeded random audio next to the eager model, at the traced
-shape (batch 1, one clip) and at another batch size and length where the graph allows them; the
-bounds (fp32 / int8) and the timing live in ``export_check``.
+run (torch.jit.load / onnxruntime) on seeded random audio (int8: held-out packed clips) next to
+the eager model, at the traced shape (batch 1, one clip) and at another batch size and length where
+the graph allows them; the bounds (fp32 / int8) and the timing live in ``export_check``.
 CPU latency (median ms per clip at batch 1, eager vs exported) and file size go with the
 provenance into ``<out>.json`` beside the export.
 
@@ -19,7 +20,6 @@ Both are probed, not assumed, and written as ``input.shape`` in the JSON (an int
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ssondo_cache.atomic import atomic_path, write_json
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 
-from . import export_check, export_onnx, ssondo_ckpt
+from . import export_check, export_onnx, quantize, ssondo_ckpt
 from .checkpoint import AudioStudent, load_student
 from .export_check import ExportError, ExportVerificationError, quiet_export
 from .ssondo_ckpt_export import export_ssondo_ckpt
@@ -124,6 +124,9 @@ def export_student(
     what: str = "embedding",
     repeats: int = 10,
     threads: int | None = None,
+    calibrate: int = quantize.CALIBRATION_CLIPS,
+    calibrate_from: str | Path | None = None,
+    min_cosine: float | None = None,
 ) -> ExportResult:
     """Export the student of a RUN folder (or a ``student.pt``) as ``fmt`` and verify it.
 
@@ -131,6 +134,9 @@ def export_student(
     export). repeats: timed runs per model (median reported). threads: CPU threads for eager
     and exported alike while timing (None: torch's current setting). Re-running an export that
     is complete for the same checkpoint and options is a no-op (``reused=True``).
+    int8: calibrated on ``calibrate`` clips of the workspace ``calibrate_from`` (default: the one the
+    RUN trained on), checked on held-out ones: per-clip cosine to fp32 >= ``min_cosine`` (default
+    ``export_check.INT8_MIN_COSINE``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -144,6 +150,9 @@ def export_student(
     json_path = out.with_name(out.name + ".json")
     ckpt_sha = sha256_file(ckpt)
     options = {"fmt": fmt, "int8": int8, "what": what, "clip_seconds": clip_seconds}
+    if int8:
+        work = quantize.resolve_workspace(ckpt, calibrate_from)
+        options |= {"calibrate": calibrate, "calibrate_from": str(work.resolve())}
     if (done := _finished(out, json_path, ckpt_sha, options)) is not None:
         return done
     if fmt in CHECKPOINT_FORMATS:
@@ -160,21 +169,15 @@ def export_student(
         raise ValueError(f"clip_seconds {clip_seconds} is shorter than one front-end frame")
     mel = model.frontend.mel
     deploy = Deployable(model, what, export_onnx.RealStftLogMel(mel) if fmt == "onnx" else mel).eval()
-    if int8:
-        n_linear = sum(isinstance(m, nn.Linear) for m in deploy.modules())
-        if n_linear == 0:  # refuse rather than write an "int8" file that is the fp32 model
-            raise ExportError(
-                f"--int8 quantises Linear layers, and the {what} of student "
-                f"{meta['student']['name']!r} has none; export it in fp32, or the projection"
-            )
-        if fmt == "torchscript":
-            with quiet_export():
-                deploy = torch.ao.quantization.quantize_dynamic(
-                    copy.deepcopy(deploy), {nn.Linear}, dtype=torch.qint8
-                )
+    calib = quantize.calibration_set(work, calibrate, n, sr) if int8 else None
+    n_int8 = (0, 0)  # (int8 weight layers, of which convolutions)
+    if calib is not None and fmt == "torchscript":
+        deploy, *n_int8 = quantize.quantize_module(deploy, calib.calibrate, meta["student"]["name"])
     gen = torch.Generator().manual_seed(0)
     example = 0.1 * torch.randn(1, n, generator=gen)  # traced / timed: batch 1, one clip
     other = 0.1 * torch.randn(2, n * 3 // 4, generator=gen)  # verified too: other batch, other length
+    if calib is not None:  # int8 is checked on held-out real clips instead of noise
+        other = calib.check[:2, : n * 3 // 4]
     traced = _trace(deploy, example)
     shape = {"batch": _runs_on(traced, other), "samples": True}
 
@@ -183,20 +186,24 @@ def export_student(
             if fmt == "torchscript":
                 with quiet_export():
                     torch.jit.save(traced, str(tmp))
-                n_quantized = sum(
-                    isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in deploy.modules()
-                )
             else:
-                n_quantized, shape["samples"] = export_onnx.export_onnx(
-                    deploy, example, tmp, int8, shape["batch"], what
+                n_onnx, shape["samples"] = export_onnx.export_onnx(
+                    deploy, example, tmp, shape["batch"], what, calib.calibrate if calib else None
                 )
+                n_int8 = n_int8 if calib is None else list(n_onnx)
             if not shape["samples"]:
-                other = 0.1 * torch.randn(1, n, generator=gen)
+                other = 0.1 * torch.randn(1, n, generator=gen) if calib is None else calib.check[:1]
             elif not shape["batch"]:
                 other = other[:1]
             run = export_onnx.load_onnx(tmp) if fmt == "onnx" else export_check.load_torchscript(tmp)
-            verification = export_check.verify_export(model, what, run, [example, other], int8)
-            verification["int8_quantized_ops"] = n_quantized
+            inputs, audio = [example, other], "N(0, 0.1^2) noise, seed 0"
+            if calib is not None:
+                inputs = [c[None] for c in calib.check] + [other]
+                audio = f"{len(calib.check)} held-out packed clips of {work} (+ {len(other)} cut to {other.shape[1]})"
+            verification = export_check.verify_export(model, what, run, inputs, int8, audio, min_cosine)
+            verification["int8_quantized_ops"], verification["int8_quantized_convs"] = n_int8
+            if calib is not None:
+                verification["calibration"] = calib.describe()
             latency = export_check.cpu_latency(model, what, run, example, repeats, clip_seconds)
         size = out.stat().st_size
 

@@ -4,8 +4,8 @@ Front-end: the legacy exporter (the dynamo one needs ``onnxscript``, not a depen
 complex tensors, so ``RealStftLogMel`` computes the eager log-mel from the same window and mel
 banks with the real-valued STFT output, which maps to ONNX's STFT op (opset 17).
 
-int8: dynamic quantisation of exactly the nodes that are the student's nn.Linear layers, as
-TorchScript's ``quantize_dynamic({nn.Linear})`` does; the mel banks and conv-like MatMuls stay fp32.
+int8: static quantisation of the convolutions and Linear layers, calibrated on packed clips
+(``quantize.quantize_onnx``); the front-end (STFT, mel banks, log) stays fp32.
 
 ``onnx`` and ``onnxruntime`` are imported inside the functions that use them. This module builds
 on ``export`` (its errors and warning filters); ``export`` imports it when it runs.
@@ -14,8 +14,6 @@ on ``export`` (its errors and warning filters); ``export`` imports it when it ru
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
 import os
 import sys
 import tempfile
@@ -64,16 +62,26 @@ class RealStftLogMel(nn.Module):
 
 
 def export_onnx(
-    deploy: nn.Module, example: Tensor, path: Path, int8: bool, batch_dynamic: bool, what: str
-) -> tuple[int, bool]:
-    """Write ``deploy`` (traced on ``example``) to ``path`` as ONNX, int8 where asked.
+    deploy: nn.Module,
+    example: Tensor,
+    path: Path,
+    batch_dynamic: bool,
+    what: str,
+    calibration: Tensor | None = None,
+) -> tuple[tuple[int, int], bool]:
+    """Write ``deploy`` (traced on ``example``) to ``path`` as ONNX; static int8 calibrated on
+    ``calibration`` (N, S) clips when given.
 
-    -> (int8 ops, whether the samples axis is dynamic)."""
+    -> ((int8 weight layers, of which convolutions), whether the samples axis is dynamic)."""
+    from .quantize import quantize_onnx
+
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmpdir:
-        fp32 = Path(tmpdir) / "fp32.onnx" if int8 else path
+        fp32 = Path(tmpdir) / "fp32.onnx" if calibration is not None else path
         with _stdout_to(Path(tmpdir) / "exporter.log"):
             samples_dynamic = _onnx_export(deploy, example, fp32, batch_dynamic, what)
-        return (_quantize_onnx(fp32, path, _linear_weight_keys(deploy)) if int8 else 0), samples_dynamic
+        if calibration is None:
+            return (0, 0), samples_dynamic
+        return quantize_onnx(fp32, path, calibration), samples_dynamic
 
 
 def load_onnx(path: Path) -> Callable[[Tensor], np.ndarray]:
@@ -145,54 +153,3 @@ def _onnx_export(deploy: nn.Module, example: Tensor, path: Path, batch_dynamic: 
         f"exporter), with dynamic or fixed shapes: {type(first).__name__}: {first}. "
         f"Try --format torchscript."
     ) from first
-
-
-def _fingerprint(a: np.ndarray) -> bytes:
-    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).digest()
-
-
-def _linear_weight_keys(model: nn.Module) -> set[bytes]:
-    """Fingerprints of every nn.Linear weight, as stored (Gemm) and transposed (MatMul)."""
-    keys = set()
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            w = m.weight.detach().float().numpy()
-            keys |= {_fingerprint(w), _fingerprint(w.T)}
-    return keys
-
-
-def _quantize_onnx(fp32: Path, path: Path, linear_keys: set[bytes]) -> int:
-    """ONNX dynamic int8 of the nodes that are the model's nn.Linear layers, as TorchScript's
-    quantize_dynamic({nn.Linear}) does: a MatMul / Gemm whose constant weight is a Linear weight.
-    Other constant-weight MatMuls stay fp32: the mel banks (an int8 mel would change every input
-    the student sees) and DyMN's kernel bank (a conv weight)."""
-    import onnx
-    from onnx import numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(fp32)).graph
-    consts = {t.name: t for t in graph.initializer}
-
-    def is_linear(node: onnx.NodeProto) -> bool:
-        return any(
-            i in consts and _fingerprint(numpy_helper.to_array(consts[i])) in linear_keys for i in node.input
-        )
-
-    # excluded by name, not included: the quantiser renames the Gemm nodes it rewrites as MatMul
-    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    others = [n.name for n in matmuls if not is_linear(n)]
-    if len(others) == len(matmuls):
-        raise ExportError("no Linear layer found in the ONNX graph to quantise; nothing written")
-    logging.disable(logging.WARNING)  # its advice to run shape pre-processing, logged on the root logger
-    try:
-        quantize_dynamic(
-            str(fp32),
-            str(path),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=others,
-        )
-    finally:
-        logging.disable(logging.NOTSET)
-    quantized = onnx.load(str(path)).graph
-    return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.node)

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from ssondo_distill.export import FORMATS, WHATS, export_student
+from ssondo_distill.export_check import INT8_MIN_COSINE
+from ssondo_distill.quantize import CALIBRATION_CLIPS
 
 
 @click.command(context_settings={"show_default": True})
@@ -23,7 +25,26 @@ from ssondo_distill.export import FORMATS, WHATS, export_student
 @click.option(
     "--int8",
     is_flag=True,
-    help="Dynamic int8 quantisation of the Linear layers (checked: cosine to fp32 >= 0.99).",
+    help="Static int8 of the convolutions and Linear layers (front-end fp32), calibrated on packed clips; "
+    "checked on held-out clips: cosine to fp32 >= --min-cosine per clip.",
+)
+@click.option(
+    "--calibrate",
+    type=click.IntRange(min=1),
+    default=CALIBRATION_CLIPS,
+    help="--int8: calibration clips (a quarter as many more, at least 2, are held out to check).",
+)
+@click.option(
+    "--calibrate-from",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="--int8: workspace (made by `ssondo pack`) whose clips calibrate; default: the one RUN trained on.",
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(min=-1, max=1),
+    default=INT8_MIN_COSINE,
+    help="--int8: least per-clip cosine to fp32 on the held-out clips.",
 )
 @click.option(
     "--out",
@@ -61,6 +82,9 @@ def export(
     clip_seconds: float,
     repeats: int,
     threads: int,
+    calibrate: int,
+    calibrate_from: Path | None,
+    min_cosine: float,
 ) -> None:
     """Export the student of RUN (a training RUN folder, or a student.pt) for deployment: raw 32 kHz
     audio in, embedding out, front-end included.
@@ -78,6 +102,9 @@ def export(
             what=what,
             repeats=repeats,
             threads=threads,
+            calibrate=calibrate,
+            calibrate_from=calibrate_from,
+            min_cosine=min_cosine,
         )
     except (ValueError, OSError, RuntimeError) as err:  # bad input, no checkpoint, export or check failed
         raise click.ClickException(str(err)) from err

@@ -1,0 +1,164 @@
+"""Static int8 (issue 17 item 7): calibration clips come from a packed workspace, the convolutions
+are quantised in both formats, the int8 file agrees with fp32 on packed clips it never saw.
+
+Only ISA-independent facts are asserted: x86 int8 kernels (fbgemm, MLAS) differ by vector ISA, so
+no exact value of an int8 output is checked, only its cosine to fp32 against a loose bound."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from ssondo_cache.pack import pack
+from ssondo_cache.shards import iter_shard
+from ssondo_distill import quantize
+from ssondo_distill.checkpoint import load_student
+from ssondo_distill.export import ExportError, export_student
+from ssondo_distill.export_check import ExportVerificationError
+from tests.distill.test_export import CLIP, _cosines, _make_run, _run_exported
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.load.*is deprecated:FutureWarning")
+SR = 32000
+
+
+def make_work(root: Path, n_clips: int = 20, sr: int = SR, seconds: float = 0.8) -> Path:
+    """A packed workspace of varied real-valued audio: chords, noise bursts, chirps, near-silence."""
+    src = root / "audio"
+    src.mkdir(parents=True)
+    g = np.random.default_rng(0)
+    for i in range(n_clips):
+        n = int(seconds * sr) if i % 5 else int(0.3 * sr)  # every 5th clip shorter than CLIP
+        t = np.arange(n) / sr
+        kind = i % 4
+        if kind == 0:
+            x = sum(0.2 / k * np.sin(2 * np.pi * (110 + 30 * i) * k * t) for k in range(1, 6))
+        elif kind == 1:
+            x = 0.3 * g.standard_normal(n) * (np.sin(2 * np.pi * 3 * t) > 0)
+        elif kind == 2:
+            x = 0.4 * np.sin(2 * np.pi * (200 + 10 * i + 4000 * t) * t)
+        else:
+            x = 1e-3 * g.standard_normal(n) + 0.05 * np.sin(2 * np.pi * 880 * t)
+        sf.write(src / f"clip{i:03d}.wav", np.asarray(x, np.float32), sr, subtype="PCM_16")
+    work = root / "work"
+    pack([src], work, sample_rate=sr, fmt="wav", shard_size=6, progress=False)
+    return work
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_work(tmp_path_factory.mktemp("calib"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, work: Path) -> Path:
+    """A RUN whose config.json names its workspace, as `ssondo train` writes it."""
+    run = _make_run(tmp_path_factory.mktemp("run"))
+    (run / "config.json").write_text(json.dumps({"config": {"work": str(work)}}))
+    return run
+
+
+def test_calibration_set_round_robin_held_out_and_fitted(work: Path) -> None:
+    n = int(CLIP * SR)
+    cs = quantize.calibration_set(work, 8, n, SR)
+    assert cs.calibrate.shape == (8, n) and cs.check.shape == (quantize.held_out(8), n) == (2, n)
+    # round-robin over the shards: the first clip of each shard, then the second of each, ...
+    shards = [[c.key for c in iter_shard(p)] for p in sorted((work / "shards").glob("clips-*.tar"))]
+    assert len(shards) == 4 and cs.keys[:5] == (*(keys[0] for keys in shards), shards[0][1])
+    assert len(set(cs.keys)) == len(cs.keys) == 10  # the check clips were never calibrated on
+    short = cs.keys.index("clip000")  # 0.3 s: repeated to fill CLIP, no zero padding
+    x = cs.calibrate[short].numpy()
+    period = int(0.3 * SR)
+    np.testing.assert_array_equal(x[period:], x[: n - period])
+    assert cs.describe()["clips"] == 8 and cs.describe()["check_clips"] == 2
+
+
+def test_calibration_refusals(work: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"has 20 usable clips; int8 with --calibrate 30 needs 37"):
+        quantize.calibration_set(work, 30, 1000, SR)
+    with pytest.raises(ExportError, match=r"packed at 32000 Hz, the student takes 16000 Hz"):
+        quantize.calibration_set(work, 4, 1000, 16000)
+    ckpt = tmp_path / "run" / "student.pt"
+    with pytest.raises(ExportError, match=r"names no workspace; pass --calibrate-from WORK"):
+        quantize.resolve_workspace(ckpt, None)
+    with pytest.raises(ExportError, match=r"has no shards/ folder"):
+        quantize.resolve_workspace(ckpt, tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"config": {"work": str(work)}}))
+    assert quantize.resolve_workspace(ckpt, None) == work
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_static_int8_quantises_the_convolutions(run: Path, work: Path, fmt: str) -> None:
+    res = export_student(
+        run, fmt, int8=True, what="projection", clip_seconds=CLIP, repeats=1, calibrate=8, min_cosine=0.99
+    )
+    model, _ = load_student(run / "student.pt")
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in model.student.modules())
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.student.modules())
+    suffix = ".onnx" if fmt == "onnx" else ".ts.pt"
+    assert res.path == run / "export" / f"student-projection-int8{suffix}" and res.int8
+    v = res.verification
+    assert v["int8_quantized_convs"] == n_conv > 40  # every convolution of mn04 is int8
+    assert v["int8_quantized_ops"] == n_conv + n_linear  # and every Linear (SE gates, head)
+    assert v["calibration"]["clips"] == 8 and v["calibration"]["work"] == str(work.resolve())
+    assert "held-out packed clips" in v["audio"] and v["min_cosine"] >= 0.99
+
+    # packed clips neither calibrated nor checked on: the clips after the first 10 of the set
+    cs = quantize.calibration_set(work, 14, int(CLIP * SR), SR)
+    fresh = torch.cat([cs.calibrate[10:], cs.check])  # (7, S)
+    with torch.inference_mode():
+        ref = model(fresh).numpy()
+    got = _run_exported(fmt, res.path, fresh)
+    assert got.shape == ref.shape
+    assert _cosines(got, ref).min() > 0.98  # loose: int8 numerics depend on the CPU's ISA
+    assert np.abs(got - ref).max() > 1e-5 * np.abs(ref).max()  # really int8, not the fp32 graph
+    assert "int8" in res.summary()
+
+    again = export_student(
+        run, fmt, int8=True, what="projection", clip_seconds=CLIP, repeats=1, calibrate=8, min_cosine=0.99
+    )
+    assert again.reused
+    other = export_student(
+        run, fmt, int8=True, what="projection", clip_seconds=CLIP, repeats=1, calibrate=6, min_cosine=0.99
+    )
+    assert not other.reused  # another calibration is another export
+
+
+def test_int8_bound_is_enforced_on_real_clips(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x" / "m.onnx"
+    with pytest.raises(ExportVerificationError, match=r"min cosine .*required: min cosine >= 1.0"):
+        export_student(
+            run, "onnx", int8=True, out=out, clip_seconds=CLIP, repeats=1, calibrate=4, min_cosine=1.0
+        )
+    assert list(out.parent.iterdir()) == []
+
+
+def test_untraceable_student_is_refused_by_name(work: Path, tmp_path: Path) -> None:
+    run = _make_run(tmp_path, "eres2net", n_mels=64, m_channels=4, num_blocks=[1, 1, 1, 1, 1])
+    with pytest.raises(ExportError, match=r"needs a student torch.fx can trace, and student 'eres2net'"):
+        export_student(
+            run, "torchscript", int8=True, clip_seconds=CLIP, repeats=1, calibrate=4, calibrate_from=work
+        )
+
+
+def test_cli_int8(run: Path, work: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "q.ts.pt"
+    args = ["export", str(run), "--format", "torchscript", "--int8", "--out", str(out)]
+    args += ["--clip-seconds", str(CLIP), "--repeats", "1", "--calibrate", "6", "--min-cosine", "0.99"]
+    res = runner.invoke(main, [*args, "--calibrate-from", str(work)])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"exported {out} (torchscript int8")
+    assert json.loads(out.with_name("q.ts.pt.json").read_text())["export"]["calibrate"] == 6
+    bare = tmp_path / "bare"
+    _make_run(bare)
+    missing = runner.invoke(main, ["export", str(bare / "run"), "--format", "onnx", "--int8"])
+    assert missing.exit_code == 1 and "pass --calibrate-from WORK" in missing.output
