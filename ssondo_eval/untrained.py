@@ -37,18 +37,17 @@ def initial_student(meta: dict):
     cfg = dict(meta["student"])
     name, teacher_dim = cfg.pop("name"), cfg.pop("teacher_dim")
     init = meta.get("init_info") or {}
-    start = init.get("init") or init.get("efficientat_weights")  # train --init, or the student option
+    # train --init, or (checkpoints before it) the removed student option efficientat_weights
+    start = init.get("init") or init.get("efficientat_weights")
     if start is not None:
         if not Path(start).is_file():
             raise FileNotFoundError(f"{start}: the student's starting weights are gone (untrained baseline)")
         if sha256_file(start) != init.get("sha256"):
             raise ValueError(f"{start} changed since the student started from it (sha256 differs)")
-        if "init" not in init:
-            cfg["efficientat_weights"] = start
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         student = build_student(name, int(teacher_dim), **cfg)
-    if "init" in init:  # as the trainer does: built from the seed, then the file's weights loaded
+    if start is not None:  # as the trainer does: built from the seed, then the file's weights loaded
         from ssondo_distill.init_weights import apply_init
 
         apply_init(student, start)

@@ -2,27 +2,22 @@
 
 Names: ``mobilenetv3`` (EfficientAT MobileNetV3, ``width_mult`` 1.0 = mn10), fixed-width
 aliases ``mn10`` / ``mn05`` / ``mn04``; ``dymn`` (``dymn10`` / ``dymn04``); ``eres2net``.
-``efficientat_weights=PATH`` starts a MobileNetV3 / DyMN backbone from a user's EfficientAT
-checkpoint (``mn10_im.pt``, ``mn10_as.pt``, ``dymn10_as.pt``...), loaded strictly with the
-527-class classifier left out; nothing is ever downloaded.
+Starting weights (a user's EfficientAT ``mn10_im.pt``...) are not a student option: they come
+from ``ssondo_distill.init_weights`` (``init:`` in the train config, ``ssondo train --init``).
 """
 
 from __future__ import annotations
 
 import inspect
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from ssondo_cache.provenance import sha256_file
 from ssondo_cache.registry import Registry
 
 from .dymn import DyMNBackbone, TemperatureSchedule
 from .eres2net import ERes2NetBackbone
 from .head import ProjectionHead, Student
-from .mobilenetv3 import MobileNetV3Backbone, last_channel, load_efficientat_state_dict
+from .mobilenetv3 import MobileNetV3Backbone, last_channel
 
 __all__ = [
     "STUDENTS",
@@ -39,23 +34,11 @@ STUDENTS: Registry[Student] = Registry("student")
 PAPER_BACKBONE_PARAMS = {"mobilenetv3": 2.9e6, "dymn": 8.7e6, "eres2net": 1.4e6}
 
 
-def _load_efficientat(student: Student, path: str | Path | None) -> Student:
-    if path is None:
-        return student
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        dropped = load_efficientat_state_dict(student.backbone, state)
-    except RuntimeError as e:
-        raise RuntimeError(
-            f"{path} is not an EfficientAT checkpoint of student {student.name!r} "
-            f"(width_mult={student.config().get('width_mult')}): {e}"
-        ) from None
-    student.init_info = {
-        "efficientat_weights": str(path),
-        "sha256": sha256_file(path),
-        "dropped_keys": dropped,
-    }
-    return student
+# options that are gone, each with what replaces it (a config that still names one fails in one line)
+REMOVED_OPTIONS = {
+    "efficientat_weights": "starting weights are given as `init: PATH` in the train config "
+    "(or `ssondo train --init PATH`), read once by a fresh run and recorded with their sha256",
+}
 
 
 def _mobilenetv3(
@@ -64,15 +47,13 @@ def _mobilenetv3(
     width_mult: float = 1.0,
     hidden_dim: int | None = None,
     dropout: float = 0.2,
-    efficientat_weights: str | Path | None = None,
 ) -> Student:
     """``hidden_dim``: the head's hidden width; None = EfficientAT's ``last_channel(width_mult)``
     (512 / 640 / 1280 for mn04 / mn05 / mn10). The resolved width is recorded, so checkpoints of
     any width (older 1280-wide mn04 included) rebuild as they were saved."""
     hidden_dim = last_channel(width_mult) if hidden_dim is None else int(hidden_dim)
     opts = dict(width_mult=width_mult, hidden_dim=hidden_dim, dropout=dropout)
-    s = Student(name, MobileNetV3Backbone(width_mult), teacher_dim, opts, hidden_dim, dropout)
-    return _load_efficientat(s, efficientat_weights)
+    return Student(name, MobileNetV3Backbone(width_mult), teacher_dim, opts, hidden_dim, dropout)
 
 
 def _dymn(
@@ -85,7 +66,6 @@ def _dymn(
     temperature_min: float = 1.0,
     temperature_slope0: float = 1.0,
     temperature_slope1: float = 0.02,
-    efficientat_weights: str | Path | None = None,
 ) -> Student:
     """``temperature_*``: the attention-temperature schedule over epochs; start from
     ``temperature_max=1`` when fine-tuning weights trained to the end of it (``dymn*_as``)."""
@@ -99,8 +79,7 @@ def _dymn(
         temperature_slope0=temperature_slope0,
         temperature_slope1=temperature_slope1,
     )
-    s = Student(name, DyMNBackbone(width_mult, sched), teacher_dim, opts, hidden_dim, dropout)
-    return _load_efficientat(s, efficientat_weights)
+    return Student(name, DyMNBackbone(width_mult, sched), teacher_dim, opts, hidden_dim, dropout)
 
 
 def _eres2net(
@@ -143,6 +122,12 @@ _register_width("eres2net", _eres2net)
 def build_student(name: str, teacher_dim: int, **options: Any) -> Student:
     """Build student ``name`` whose head maps into a ``teacher_dim``-d teacher space."""
     factory = STUDENTS.get(name)
+    removed = sorted(set(options) & set(REMOVED_OPTIONS))
+    if removed:
+        key = removed[0]
+        raise ValueError(
+            f"student option {key}={options[key]!s}: no longer an option; {REMOVED_OPTIONS[key]}"
+        )
     allowed = [p for p in inspect.signature(factory).parameters if p not in ("teacher_dim", "name")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -129,6 +129,31 @@ def _run_cfg(work: Path, out: Path, init: Path | None, **over):
     return tiny_cfg(work, out, init=None if init is None else str(init), **{**opts, **over})
 
 
+def test_untrained_twin_of_a_checkpoint_from_the_removed_student_option(mn04_file, tmp_path):
+    """Checkpoints written when ``student_options.efficientat_weights`` existed record
+    ``init_info = {efficientat_weights, sha256, dropped_keys}``: their untrained baseline is still
+    the seeded student with the file's backbone, now loaded through init_weights."""
+    from ssondo_cache.provenance import sha256_file
+    from ssondo_distill.checkpoint import read_meta, save_student
+    from ssondo_distill.frontend import StudentFrontEnd
+    from ssondo_distill.students.mobilenetv3 import load_efficientat_state_dict
+    from ssondo_eval.untrained import initial_student
+
+    torch.manual_seed(3)
+    student = build_student("mn04", 8)
+    dropped = load_efficientat_state_dict(student.backbone, torch.load(mn04_file, weights_only=True))
+    student.init_info = {
+        "efficientat_weights": str(mn04_file),
+        "sha256": sha256_file(mn04_file),
+        "dropped_keys": dropped,
+    }
+    start = {k: v.clone() for k, v in student.state_dict().items() if isinstance(v, torch.Tensor)}
+    frontend = StudentFrontEnd(sample_rate=16000, f_max=8000.0)
+    save_student(tmp_path / "student.pt", student, frontend, "tiny-0123456789ab", 8, extra={"seed": 3})
+    twin = initial_student(read_meta(tmp_path / "student.pt")).student.state_dict()
+    assert all(torch.equal(twin[k], v) for k, v in start.items()), "untrained twin differs from the start"
+
+
 @pytest.mark.slow
 def test_train_init_fresh_run_loads_it_resume_never_reads_it(work, mn04_file, tmp_path, monkeypatch):
     from click.testing import CliRunner

@@ -138,17 +138,24 @@ def test_reproduces_efficientat_golden_outputs(golden: dict, name: str, make) ->
     torch.testing.assert_close(logits, ref_l, rtol=1e-4, atol=1e-4 * ref_l.abs().max().item())
 
 
-def test_efficientat_weights_option(golden: dict, tmp_path: Path) -> None:
+def test_efficientat_weights_start_through_init_only(golden: dict, tmp_path: Path) -> None:
+    """One way to start from EfficientAT weights: ``init`` (init_weights). The old student option
+    is refused in one line that names the file and says what replaces it."""
+    from ssondo_distill.init_weights import apply_init
+
     path = tmp_path / "mn04_as.pt"
     torch.save(golden["mn04_state_dict_fp16"], path)
-    s = build_student("mn04", 16, hidden_dim=32, efficientat_weights=str(path)).eval()
+    with pytest.raises(ValueError) as err:
+        build_student("mn04", 16, hidden_dim=32, efficientat_weights=str(path))
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "init: PATH" in message and "--init" in message
+    s = build_student("mn04", 16, hidden_dim=32)
+    apply_init(s, path)
     assert s.init_info["dropped_keys"][0].startswith("classifier.")
     assert "efficientat_weights" not in s.config()  # trained weights travel in the checkpoint
     with torch.no_grad():
-        feats = s.embed(golden["efficientat_mel_eval"])
+        feats = s.eval().embed(golden["efficientat_mel_eval"])
     torch.testing.assert_close(feats, golden["mn04_features"], rtol=1e-4, atol=1e-5)
-    with pytest.raises(RuntimeError, match="not an EfficientAT checkpoint"):
-        build_student("mn05", 16, hidden_dim=32, efficientat_weights=str(path))
 
 
 def test_temperature_schedule_formula() -> None:
