@@ -255,6 +255,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
             "train_overrides": settings.train_overrides,
             "students": list(settings.students),
         },
+        eval_out=report / "eval",
     )
     figures = _keep_fresh_figures(report / "demo-figures.json", figures)
     index = write_index(

@@ -13,10 +13,13 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import click
 
 from ssondo_cache.atomic import write_text
 from ssondo_cache.provenance import code_version, now_iso
@@ -137,13 +140,93 @@ def commit() -> str:
     return code_version(mark_dirty=True)
 
 
+def _option_defaults() -> dict[str, Any]:
+    """`ssondo eval probe`'s defaults, read from the command itself (no copy of them here)."""
+    from pipeline.commands.evaluate import probe
+
+    return {p.name: p.default for p in probe.params if isinstance(p, click.Option)}
+
+
+def _path(path: str | Path) -> str:
+    return shlex.quote(str(path))
+
+
+def eval_command(eval_report: dict, out: Path, device: str = "cpu") -> str:
+    """The `ssondo eval` command line that rebuilds ``eval_report`` into ``out``: the students, the
+    live teacher and its TS, the students' TS, the tasks, the baselines, the probe and bootstrap
+    settings, each option only where it differs from the command's default. Paths are the report's
+    own (a relative path would change the tasks' fingerprints, so the embeddings would be made again). A report the command line cannot express (a
+    teacher read from a cache, students at different TS) is a ValueError naming why."""
+    defaults = _option_defaults()
+    models = eval_report["models"]
+    students = [m for m in models if m["kind"] == "student"]
+    teachers = [m for m in models if m["kind"] == "teacher"]
+    args = ["ssondo", "eval", *(_path(m["checkpoint"]) for m in students)]
+    if len(teachers) > 1 or any(not m.get("spec") for m in teachers):
+        raise ValueError("only a report with at most one live teacher is one `ssondo eval` command")
+    for m in teachers:
+        if m.get("checkpoint"):
+            args += ["--checkpoint", _path(m["checkpoint"])]
+        args += [a for k, v in m["options"].items() for a in ("--teacher-option", shlex.quote(f"{k}={v}"))]
+        args += [
+            "--teacher",
+            shlex.quote(m["spec"]),
+            "--teacher-ts",
+            "full" if m["ts"] is None else f"{m['ts']:g}",
+        ]
+    student_ts = sorted({m["ts"] for m in students})
+    if len(student_ts) > 1:
+        raise ValueError(f"students embedded at several TS ({student_ts}): `ssondo eval` takes one --ts")
+    if student_ts and student_ts[0] != defaults["ts"]:
+        args += ["--ts", f"{student_ts[0]:g}"]
+    tasks = eval_report["tasks"]
+    named = max((i + 1 for i, t in enumerate(tasks) if t.get("renamed")), default=0)
+    specs: list[str] = []
+    for t in tasks:
+        if t["spec"] not in specs:
+            specs.append(t["spec"])
+    for spec in specs:
+        adapter, _, path = spec.partition(":")
+        args += ["--task", f"{adapter}:{_path(path)}"]
+    args += [a for t in tasks[:named] for a in ("--task-name", shlex.quote(t["name"]))]
+    if not any(m["kind"] == "baseline" for m in models):
+        args += ["--baseline", "none"]
+    if students and not any(m["kind"] == "untrained" for m in models):
+        args += ["--no-untrained"]
+    probe = eval_report["probe"]
+    if probe["seeds"] != list(range(len(probe["seeds"]))):
+        raise ValueError(f"probe seeds {probe['seeds']}: `ssondo eval --seeds N` gives 0..N-1")
+    given = {
+        "seeds": len(probe["seeds"]),
+        "hidden": ",".join(str(w) for w in probe["hidden"]),
+        "max_epochs": probe["max_epochs"],
+        "patience": probe["patience"],
+        "lr": ",".join(f"{lr:g}" for lr in probe["lr"]),
+        "bootstrap": eval_report["bootstrap"]["replicates"],
+    }
+    for name, value in given.items():
+        default = defaults[name]
+        same = value == default or (name == "lr" and [float(v) for v in default.split(",")] == probe["lr"])
+        if not same:
+            args += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join([*args, "--device", device, "--out", _path(out)])
+
+
 def demo_figures(
-    eval_report: dict, stages: Sequence[Any], total_seconds: float, fresh: bool, settings: dict
+    eval_report: dict,
+    stages: Sequence[Any],
+    total_seconds: float,
+    fresh: bool,
+    settings: dict,
+    eval_out: Path | None = None,
 ) -> dict:
     """What the README may quote from this run (see module doc). ``fresh``: the run started without a
-    workspace, so its wall time is the whole pipeline's."""
+    workspace, so its wall time is the whole pipeline's. ``eval_out``: the eval report's folder, for
+    the command that reproduces it."""
+    command = eval_command(eval_report, eval_out) if eval_out is not None else None
     return {
         "created": now_iso(),
+        "eval_command": command,
         "commit": commit(),
         "machine": machine(),
         "fresh": fresh,
@@ -159,6 +242,9 @@ def demo_figures(
             lab: {t: {"mean": r["mean"], "ci95": r["ci95"]} for t, r in per.items()}
             for lab, per in eval_report["scores"].items()
         },
+        "score_ci": eval_report["score_ci"],
+        "average": eval_report["average"],
+        "average_ci": eval_report["average_ci"],
         "teacher_gain": eval_report["teacher_gain"],
         "informative": eval_report["informative"],
         "bootstrap": eval_report["bootstrap"],
@@ -177,6 +263,25 @@ def _ci(x: dict | None, unit: str = "") -> str:
     return f"{100 * x['value']:.1f}{unit} [{100 * x['low']:.1f}, {100 * x['high']:.1f}]"
 
 
+def _scores_caption(fig: dict) -> str:
+    boot = f"{fig['bootstrap']['replicates']} paired bootstrap replicates over test clips and probe seeds"
+    if "score_ci" in fig:
+        what = f"mean over {fig['probe_seeds']} probe seeds [95 % CI from {boot}]"
+    else:  # figures measured before scores had bootstrap CIs: say what the ± is
+        what = f"mean ± 95 % t interval over {fig['probe_seeds']} probe seeds only"
+    return (
+        f"Linear probes ({', '.join(fig['metric'])} %, {what}); teacher − log-mel, retentions and gains "
+        f"with 95 % CIs from {boot}. A task is informative when the teacher beats log-mel beyond that CI."
+    )
+
+
+def _score_cell(fig: dict, lab: str, task: str) -> str:
+    if "score_ci" in fig:
+        return _ci(fig["score_ci"][lab][task])
+    r = fig["scores"][lab][task]
+    return f"{100 * r['mean']:.1f}" + ("" if r["ci95"] is None else f" ± {100 * r['ci95']:.1f}")
+
+
 def figures_markdown(fig: dict) -> str:
     """The demo's measured figures as Markdown: provenance line, score table, retention table."""
     stages = ", ".join(f"{s['stage']} {s['seconds']:.0f} s" for s in fig["stages"])
@@ -187,20 +292,22 @@ def figures_markdown(fig: dict) -> str:
         + ("" if fig["fresh"] else "; NOT a run from scratch (some stages were reused)")
         + ".",
         "",
-        f"Linear probes ({', '.join(fig['metric'])} %, mean ± 95 % CI over {fig['probe_seeds']} probe seeds); "
-        f"teacher − log-mel, retentions and gains with 95 % CIs from {fig['bootstrap']['replicates']} paired "
-        "bootstrap replicates over test clips and probe seeds. A task is informative when the teacher "
-        "beats log-mel beyond that CI.",
+    ]
+    if fig.get("eval_command"):
+        lines += [
+            "The probe table below, reproduced (paths of that run):",
+            "",
+            f"    {fig['eval_command']}",
+            "",
+        ]
+    lines += [
+        _scores_caption(fig),
         "",
         "| task | test clips | " + " | ".join(labels) + " | teacher − log-mel (pp) | informative |",
         "| --- | ---: | " + " | ".join("---:" for _ in labels) + " | ---: | --- |",
     ]
     for t in fig["tasks"]:
-        cells = []
-        for lab in labels:
-            r = fig["scores"][lab][t]
-            ci = "" if r["ci95"] is None else f" ± {100 * r['ci95']:.1f}"
-            cells.append(f"{100 * r['mean']:.1f}{ci}")
+        cells = [_score_cell(fig, lab, t) for lab in labels]
         gain = "; ".join(_ci(g["gain_over_logmel"]) for g in fig["teacher_gain"].get(t, {}).values())
         yes = "yes" if fig["informative"].get(t) else "no"
         lines.append(f"| {t} | {fig['n_test'].get(t)} | " + " | ".join(cells) + f" | {gain or '–'} | {yes} |")

@@ -73,6 +73,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student
     resume: bool = False  # continue the run in `out` exactly where its last checkpoint stopped
     dry_run: bool = False  # build the student, print parameter counts, train nothing
+    teacher_dim: int | None = None  # dry run without a cache: the teacher's embedding dimension
 
     def __post_init__(self) -> None:
         checks = [
@@ -104,6 +105,10 @@ class TrainConfig:
             (
                 self.init is None or "efficientat_weights" not in self.student_options,
                 "init and student_options.efficientat_weights both give starting weights: keep one",
+            ),
+            (
+                self.teacher_dim is None or (self.dry_run and self.teacher_dim >= 1),
+                f"teacher_dim ({self.teacher_dim}) is for a dry run (>= 1); a training reads it from its cache",
             ),
             (
                 self.grad_clip is None or self.grad_clip > 0,

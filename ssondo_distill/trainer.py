@@ -333,12 +333,17 @@ def _recorded_init(run: Path) -> dict[str, Any]:
 
 
 def _dry_run(cfg: TrainConfig) -> TrainResult:
-    """Build the student for the cache's teacher dimension and report its parameter counts."""
-    if not cfg.work or not cfg.cache:
-        raise ConfigError("--dry-run needs WORK and --cache (the teacher dimension comes from the cache)")
-    from ssondo_cache.cache_index import open_cache
+    """Build the student for the teacher dimension (``teacher_dim``, else the cache's) and report its
+    parameter counts."""
+    teacher_dim = cfg.teacher_dim
+    if teacher_dim is None:
+        if not cfg.work or not cfg.cache:
+            raise ConfigError(
+                "--dry-run needs --teacher-dim D, or WORK and --cache (the teacher dimension comes from the cache)"
+            )
+        from ssondo_cache.cache_index import open_cache
 
-    teacher_dim = open_cache(cfg.work, cfg.cache).embed_dim
+        teacher_dim = open_cache(cfg.work, cfg.cache).embed_dim
     student = build_student(cfg.student, teacher_dim, **cfg.student_options)
     counts = count_parameters(student)
     if cfg.init is not None:  # the starting weights must fit: check them here too

@@ -186,6 +186,7 @@ class TeacherEmbedder(Embedder):
             self.device = torch.device("cpu")
         self.support = TemporalSupport.parse(ts, hop)
         self.batch_size = batch_size
+        self.checkpoint, self.options = checkpoint, options  # what rebuilds it (ssondo eval's command)
         self.window_embedder = WindowEmbedder(self.teacher, self.device, batch_size, compile=False)
         self.teacher_id = self.teacher.teacher_id
         self.name = f"teacher:{self.teacher.name}"
@@ -218,6 +219,8 @@ class TeacherEmbedder(Embedder):
             "hop": self.support.hop,
             "teacher": self.teacher.describe(),
             "spec": getattr(self.teacher, "spec", None),
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "options": {k: str(v) for k, v in self.options.items()},
         }
 
 

@@ -33,7 +33,7 @@ from ssondo_eval.bootstrap import N_BOOT
 from ssondo_eval.decoded_audio import with_decoded_audio
 from ssondo_eval.embedders import Embedder, embed_task
 from ssondo_eval.probe import ProbeConfig, ProbeResult, probe_folds
-from ssondo_eval.summary import retention_markdown, summarise
+from ssondo_eval.summary import retention_markdown, score_markdown, summarise
 from ssondo_eval.tasks.base import Task
 
 log = logging.getLogger("ssondo.eval")
@@ -92,53 +92,9 @@ def _labels(models: list[Embedder]) -> list[str]:
     return out
 
 
-def _cell(entry: dict) -> str:
-    ci = entry.get("ci95")
-    return f"{100 * entry['mean']:.1f} ± {100 * ci:.1f}" if ci is not None else f"{100 * entry['mean']:.1f}"
-
-
 def results_markdown(report: dict) -> str:
-    labels = [m["label"] for m in report["models"]]
     tasks = report["tasks"]
-    students = [
-        lab for lab in labels if lab in report["retention"] and report["retention"][lab].get("teacher")
-    ]
-    head = ["task", "metric", *labels, *[f"{s}: % of teacher" for s in students]]
-    lines = [
-        f"# ssondo evaluation — {report['created']}",
-        "",
-        f"Linear probe ({'linear' if not report['probe']['hidden'] else 'MLP ' + str(report['probe']['hidden'])}, "
-        f"{len(report['probe']['seeds'])} seeds, early stopping on validation, patience "
-        f"{report['probe']['patience']}, at most {report['probe']['max_epochs']} epochs). Scores in %: mean ± 95 % "
-        "CI half width (t-distribution over seeds).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    flagged = []
-    for t in tasks:
-        name = t["name"]
-        mark = ""
-        if report["informative"].get(name) is False:
-            mark = " †"
-            flagged.append(name)
-        row = [name + mark, t["metric"], *[_cell(report["scores"][lab][name]) for lab in labels]]
-        for s in students:
-            pct = report["retention"][s]["per_task"][name]
-            row.append("–" if pct is None else f"{pct:.1f} %")
-        lines.append("| " + " | ".join(row) + " |")
-    over = "informative tasks" if report.get("average_over") == "informative" else "all tasks"
-    avg = [f"**Average** ({over})", "", *[f"**{100 * report['average'][lab]:.1f}**" for lab in labels]]
-    for s in students:
-        pct = report["retention"][s]["average"]
-        avg.append("–" if pct is None else f"**{pct:.1f} %**")
-    lines += ["| " + " | ".join(avg) + " |", ""]
-    if flagged:
-        lines += [
-            f"† no teacher beats the log-mel statistics baseline beyond the CI on {', '.join(flagged)}: "
-            "those scores say nothing about what the embeddings add.",
-            "",
-        ]
+    lines = [f"# ssondo evaluation — {report['created']}", "", *score_markdown(report)]
     lines += retention_markdown(report)
     for lab, r in report["retention"].items():
         if not r.get("teacher"):
@@ -171,23 +127,31 @@ def results_markdown(report: dict) -> str:
 
 
 def results_chart(report: dict, path: Path) -> None:
-    """Grouped bars: one group per task (and the average), one bar per model, 95 % CI error bars."""
+    """Grouped bars: one group per task (and the informative average), one bar per model, bootstrap CI bars."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     labels = [m["label"] for m in report["models"]]
     tasks = [t["name"] for t in report["tasks"]]
-    groups = [*tasks, "average"]
+    averaged = all(report["average"][lab] is not None for lab in labels)
+    groups = [*tasks, "average"] if averaged else tasks
     width = 0.8 / len(labels)
     fig = Figure(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(labels)) / 2), 4.0), dpi=100)
     ax = fig.subplots()
     x = np.arange(len(groups))
     for i, lab in enumerate(labels):
-        means = [100 * report["scores"][lab][t]["mean"] for t in tasks] + [100 * report["average"][lab]]
-        errs = [100 * (report["scores"][lab][t]["ci95"] or 0) for t in tasks] + [0.0]
+        cis = [report["score_ci"][lab][t] for t in tasks] + ([report["average_ci"][lab]] if averaged else [])
+        means = np.array([100 * c["value"] for c in cis])
+        ends = np.array(
+            [
+                [100 * c[k] if c[k] is not None else m for k in ("low", "high")]
+                for c, m in zip(cis, means, strict=True)
+            ]
+        )
+        errs = np.abs(ends - means[:, None]).T  # (2, groups): below, above
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=lab)
     ax.set_xticks(x, groups, rotation=20, ha="right")
-    ax.set_ylim(0, 100)  # a 3-seed t interval can reach past 0 or 100: the axis keeps the score's range
+    ax.set_ylim(0, 100)
     ax.set_ylabel("score (%): accuracy or mAP")
     ax.set_title("linear-probe scores per task")
     ax.legend(fontsize="small")
@@ -358,6 +322,7 @@ def run_evaluation(
     task_specs: list[str],
     out: str | Path,
     *,
+    task_names: list[str] = (),
     teacher: str | None = None,
     checkpoint: str | Path | None = None,
     work: str | Path | None = None,
@@ -374,10 +339,11 @@ def run_evaluation(
     untrained: bool = True,
     bootstrap: int = N_BOOT,
 ) -> dict:
-    """Everything ``ssondo eval`` does: build the tasks and the models, probe, write the report."""
+    """Everything ``ssondo eval`` does: build the tasks (``task_names``: --task-name) and the models,
+    probe, write the report."""
     from ssondo_eval.tasks import load_tasks
 
-    tasks = load_tasks(list(task_specs))
+    tasks = load_tasks(list(task_specs), task_names)
     models = build_models(
         runs, teacher, checkpoint, work, cache, baseline, ts, teacher_ts, device, batch_size, teacher_options
     )

@@ -1,7 +1,9 @@
 """Linear probe on frozen clip embeddings, following the EVAR protocol MATPAC and M2D report.
 
-Per split: a StandardScaler fitted on the training rows only, one linear layer (or a small MLP), Adam,
-up to ``max_epochs`` epochs with early stopping on the validation split (patience ``patience``; the
+Per split: a StandardScaler fitted on the training rows only, one linear layer (or a small MLP), Adam
+with batches of min(200, n) rows and a learning rate picked on the validation split from a small grid
+(EVAR fixes one ``lr_lineareval`` per model; the chosen value is in every result), up to
+``max_epochs`` epochs with early stopping on the validation split (patience ``patience``; the
 weights of the best validation epoch are restored), softmax cross-entropy for single-label tasks and
 BCE for multi-label ones. Scores: accuracy or macro mAP. Repeated over seeds; reported as the mean
 and a 95 % confidence interval from the t-distribution. The test rows are only ever scored, once,
@@ -19,7 +21,6 @@ Labels:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,17 +33,26 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+LR_GRID = (3e-4, 1e-3, 3e-3)  # around EVAR's per-model lr_lineareval values
+
 
 @dataclass
 class ProbeConfig:
     hidden: tuple[int, ...] = ()  # () = linear probe; (512,) = one hidden layer MLP
-    lr: float = 1e-3
+    lr: tuple[float, ...] = LR_GRID  # Adam learning rates; several: picked on validation (see probe_folds)
     weight_decay: float = 1e-8  # EVAR's tiny L2
-    batch_size: int = 256  # a split smaller than this trains full-batch
+    batch_size: int = 200  # EVAR's min(200, n): a split smaller than this trains full-batch
     max_epochs: int = 200
     patience: int = 20
     seeds: tuple[int, ...] = (0, 1, 2)
     val_fraction: float = 0.1  # carved from the training rows when a split has no validation part
+
+    def __post_init__(self) -> None:
+        self.lr = (float(self.lr),) if isinstance(self.lr, (int, float)) else tuple(map(float, self.lr))
+        if not self.lr or min(self.lr) <= 0:
+            raise ValueError(f"probe learning rates must be positive, got {self.lr}")
+        if not self.seeds:
+            raise ValueError("a probe needs at least one seed")
 
 
 @dataclass
@@ -51,6 +61,8 @@ class SplitResult:
     val_score: float
     best_epoch: int  # 0-based epoch whose weights were kept
     epochs_run: int
+    lr: float | None = None  # the Adam learning rate this probe trained with
+    val_loss: float | None = None  # validation loss at the kept epoch (breaks ties when picking lr)
     # per test row, in the fold's test order: int32 (n,) predicted class, or float32 (n, C) scores
     test_pred: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -72,6 +84,7 @@ class ProbeResult:
             "scores": self.scores,
             "mean": self.mean,
             "ci95": self.ci95,
+            "lr_chosen": sorted({s.lr for per_seed in self.splits for s in per_seed if s.lr is not None}),
             "splits": [[s.to_dict() for s in per_seed] for per_seed in self.splits],
         }
 
@@ -164,8 +177,12 @@ def score_predictions(pred: np.ndarray, y: np.ndarray, multilabel: bool) -> floa
 
 def _forward_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     model.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         return model(x).numpy()
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def fit_and_score(
@@ -180,8 +197,11 @@ def fit_and_score(
     n_classes: int,
     config: ProbeConfig,
     seed: int,
+    lr: float | None = None,
 ) -> SplitResult:
-    """Train one probe with one seed on one split; score the restored best epoch on test."""
+    """Train one probe with one seed and one learning rate (default: the config's first) on one split;
+    score the restored best epoch on test."""
+    lr = config.lr[0] if lr is None else lr
     scaler = StandardScaler().fit(X_train)  # statistics of the training rows only
 
     def prep(X: np.ndarray) -> torch.Tensor:
@@ -192,12 +212,13 @@ def fit_and_score(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = _build_model(xtr.shape[1], n_classes, tuple(config.hidden))
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay)
     n = xtr.shape[0]
     bs = min(config.batch_size, n)
 
+    yva = torch.from_numpy(y_val.astype(np.float32 if multilabel else np.int64))
     best = (-math.inf, math.inf)  # (val score, val loss): higher score wins, ties go to lower loss
-    best_state, best_epoch, epoch = copy.deepcopy(model.state_dict()), 0, 0
+    best_state, best_epoch, epoch = _snapshot(model), 0, 0
     for epoch in range(config.max_epochs):
         model.train()
         order = torch.randperm(n, generator=gen)
@@ -209,11 +230,13 @@ def fit_and_score(
             opt.step()
         val_logits = _forward_all(model, xva)
         val_score = _score(val_logits, y_val, multilabel)
-        yv = torch.from_numpy(y_val.astype(np.float32 if multilabel else np.int64))
-        val_loss = float(_loss(torch.from_numpy(val_logits), yv, multilabel))
+        # the loss only breaks ties, so it is computed only when the score could win
+        val_loss = (
+            float(_loss(torch.from_numpy(val_logits), yva, multilabel)) if val_score >= best[0] else 0.0
+        )
         if val_score > best[0] or (val_score == best[0] and val_loss < best[1]):
             best, best_epoch = (val_score, val_loss), epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = _snapshot(model)
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
@@ -223,6 +246,8 @@ def fit_and_score(
         val_score=best[0],
         best_epoch=best_epoch,
         epochs_run=epoch + 1,
+        lr=lr,
+        val_loss=best[1],
         test_pred=prediction(test_logits, multilabel),
     )
 
@@ -283,7 +308,10 @@ def probe_folds(
     """Probe every (train, val, test) row-index triple with every seed.
 
     A fold whose val is None (or empty) gets ``config.val_fraction`` of its training rows as validation
-    (EVAR does the same for cross-validated tasks). Per seed the score is the mean over folds; the
+    (EVAR does the same for cross-validated tasks). With several ``config.lr`` values, each fold's
+    learning rate is the one whose probe with the first seed scores best on that fold's validation
+    rows (ties: lower validation loss, then the earlier value); that probe is the first seed's result
+    and the other seeds train with the same rate. Per seed the score is the mean over folds; the
     confidence interval is over seeds.
     """
     config = config or ProbeConfig()
@@ -297,6 +325,7 @@ def probe_folds(
     per_seed, splits = [], []
     jobs = [(s, f) for s in config.seeds for f in range(len(folds))]
     results: dict[tuple[int, int], SplitResult] = {}
+    chosen_lr: dict[int, float] = {}
     for seed, f in tqdm(jobs, desc="probe", disable=not progress, leave=False):
         train_idx, val_idx, test_idx = folds[f]
         if val_idx is None or len(val_idx) == 0:
@@ -305,18 +334,14 @@ def probe_folds(
             raise ValueError(
                 f"fold {f}: empty split (train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)})"
             )
-        results[seed, f] = fit_and_score(
-            X[train_idx],
-            y[train_idx],
-            X[val_idx],
-            y[val_idx],
-            X[test_idx],
-            y[test_idx],
-            multilabel=multilabel,
-            n_classes=n_classes,
-            config=config,
-            seed=seed,
-        )
+        rows = [X[train_idx], y[train_idx], X[val_idx], y[val_idx], X[test_idx], y[test_idx]]
+        opts = {"multilabel": multilabel, "n_classes": n_classes, "config": config, "seed": seed}
+        if f not in chosen_lr:  # the first seed picks the fold's learning rate on validation
+            tried = [fit_and_score(*rows, **opts, lr=lr) for lr in config.lr]
+            best = max(range(len(tried)), key=lambda i: (tried[i].val_score, -tried[i].val_loss, -i))
+            chosen_lr[f], results[seed, f] = config.lr[best], tried[best]
+            continue
+        results[seed, f] = fit_and_score(*rows, **opts, lr=chosen_lr[f])
     for seed in config.seeds:
         row = [results[seed, f] for f in range(len(folds))]
         splits.append(row)

@@ -4,8 +4,10 @@ Per task, the per-item test predictions of every model are resampled together (p
 test items, combined with probe seeds: ``ssondo_eval.bootstrap``). A task is informative when some
 teacher beats log-mel beyond the CI of their paired difference; per student and task the report gives
 the gain retention ``(student - log-mel) / (teacher - log-mel)``, the score retention ``student /
-teacher`` and the gain over the untrained student, each with its CI; averages are over the
-informative tasks only (all tasks when none is, and the report says so).
+teacher`` and the gain over the untrained student, each with its CI. Every score's CI is the same
+bootstrap's (``score_ci``), never the probe seeds' spread alone. Averages are over the informative
+tasks only: none informative gives no average (None); all tasks only when the report has no teacher
+or no log-mel to judge by (``average_over``: informative | all).
 A student's teacher is the evaluated teacher with its ``teacher_id``; its untrained twin is the
 ``untrained`` model rebuilt from its checkpoint (``ssondo_eval.untrained``).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssondo_eval.bootstrap import CONFIDENCE, N_BOOT, paired_bootstrap
+from ssondo_eval.bootstrap import CONFIDENCE, N_BOOT, paired_bootstrap, percentile_ci
 from ssondo_eval.retention import informative_average, task_figures, teacher_gain
 from ssondo_eval.tasks.base import Task
 
@@ -67,8 +69,18 @@ def summarise(
             }
             informative[t] = any(g["informative"] for g in gains[t].values())
     chosen = [t for t in names if informative.get(t)]
-    over = chosen or names
-    average = {lab: float(np.mean([means[t][lab] for t in over])) for lab in labels}
+    judged = bool(informative)  # a teacher and log-mel are both in the report
+    over = chosen if judged else names
+    average = {lab: float(np.mean([means[t][lab] for t in over])) if over else None for lab in labels}
+    score_ci = {
+        lab: {t: percentile_ci(means[t][lab], boot[t][lab], confidence) for t in names} for lab in labels
+    }
+    average_ci = {
+        lab: percentile_ci(average[lab], np.mean([boot[t][lab] for t in over], axis=0), confidence)
+        if over
+        else None
+        for lab in labels
+    }
 
     retention = {}
     for m, lab in zip(models, labels, strict=True):
@@ -90,7 +102,7 @@ def summarise(
             "per_task": {
                 t: 100.0 * means[t][lab] / means[t][t_lab] if means[t][t_lab] > 0 else None for t in names
             },
-            "average": 100.0 * average[lab] / average[t_lab] if average[t_lab] > 0 else None,
+            "average": 100.0 * average[lab] / average[t_lab] if over and average[t_lab] > 0 else None,
         }
         if logmel is not None:
             per_task = {
@@ -100,8 +112,10 @@ def summarise(
             entry["informative_average"] = informative_average(per_task, chosen, confidence)
         retention[lab] = entry
     return {
+        "score_ci": score_ci,
         "average": average,
-        "average_over": "informative" if chosen else "all",
+        "average_ci": average_ci,
+        "average_over": "informative" if judged else "all",
         "informative": informative,
         "teacher_gain": gains,
         "retention": retention,
@@ -165,4 +179,76 @@ def retention_markdown(report: dict) -> list[str]:
     for s in students:
         if report["retention"][s].get("untrained") is None:
             lines += [f"{s}: no untrained twin in this report (not rebuilt from a checkpoint).", ""]
+    return lines
+
+
+def _score(report: dict, lab: str, task: str) -> str:
+    ci = (report.get("score_ci") or {}).get(lab, {}).get(task)
+    return _interval(ci) if ci is not None else f"{100 * report['scores'][lab][task]['mean']:.1f}"
+
+
+def _probe_line(p: dict) -> str:
+    kind = "linear" if not p["hidden"] else f"MLP {p['hidden']}"
+    grid = ", ".join(f"{lr:g}" for lr in p["lr"])
+    lr = f"Adam lr {grid}" if len(p["lr"]) == 1 else f"Adam lr picked on validation from {{{grid}}}"
+    return (
+        f"Linear probe ({kind}, {len(p['seeds'])} seeds, batch min({p['batch_size']}, n), {lr}, early "
+        f"stopping on validation, patience {p['patience']}, at most {p['max_epochs']} epochs)."
+    )
+
+
+def score_markdown(report: dict) -> list[str]:
+    """The score tables of results.md: informative tasks with the Average and "% of teacher" rows, then
+    the tasks left out of the average (no teacher beats log-mel beyond the CI), then the chosen lrs."""
+    labels = [m["label"] for m in report["models"]]
+    names = [t["name"] for t in report["tasks"]]
+    metric = {t["name"]: t["metric"] for t in report["tasks"]}
+    students = [lab for lab in labels if (report["retention"].get(lab) or {}).get("teacher")]
+    b = report["bootstrap"]
+    head = ["task", "metric", *labels, *[f"{s}: % of teacher" for s in students]]
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(t: str, mark: str = "") -> str:
+        cells = [t + mark, metric[t], *[_score(report, lab, t) for lab in labels]]
+        for s in students:
+            pct = report["retention"][s]["per_task"][t]
+            cells.append("–" if pct is None else f"{pct:.1f} %")
+        return "| " + " | ".join(cells) + " |"
+
+    left_out = [t for t in names if report["informative"].get(t) is False]
+    kept = [t for t in names if t not in left_out]
+    judged = report.get("average_over") == "informative"
+    lines = [
+        _probe_line(report["probe"]) + f" Scores in %: mean over probe seeds [{100 * b['confidence']:.0f} % "
+        f"CI from {b['replicates']} bootstrap replicates over test items, a probe seed drawn per replicate].",
+        "",
+        *table,
+        *[row(t) for t in kept],
+    ]
+    over = f"{len(kept)} informative task(s)" if judged else "all tasks: no teacher and log-mel to judge by"
+    avg = [f"**Average** ({over})", ""]
+    for lab in labels:
+        avg.append("–" if report["average"][lab] is None else f"**{_interval(report['average_ci'][lab])}**")
+    for s in students:
+        pct = report["retention"][s]["average"]
+        avg.append("–" if pct is None else f"**{pct:.1f} %**")
+    lines += ["| " + " | ".join(avg) + " |", ""]
+    if judged and not kept:
+        lines += ["No task is informative: no average.", ""]
+    if left_out:
+        lines += [
+            f"Not informative († no teacher beats the log-mel statistics baseline beyond the CI: those "
+            f"scores say nothing about what the embeddings add), left out of the average: {', '.join(left_out)}.",
+            "",
+            *table,
+            *[row(t, " †") for t in left_out],
+            "",
+        ]
+    if len(report["probe"]["lr"]) > 1:
+        lines += ["Probe learning rate chosen on validation (first probe seed, per fold):", ""]
+        lines += ["| task | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+        for t in names:
+            chosen = [report["scores"][lab][t].get("lr_chosen") or [] for lab in labels]
+            lines.append(f"| {t} | " + " | ".join(", ".join(f"{v:g}" for v in c) for c in chosen) + " |")
+        lines.append("")
     return lines

@@ -201,9 +201,12 @@ def run_ts_sweep(
     ts: str,
     task_specs: list[str],
     out: str | Path,
+    task_names: list[str] = (),
     **kwargs,
 ) -> dict:
-    """Everything ``ssondo eval ts-sweep`` does: parse ``ts`` ("0.5,1,2"), build the tasks, sweep."""
+    """Everything ``ssondo eval ts-sweep`` does: parse ``ts`` ("0.5,1,2"), build the tasks (``task_names``:
+    --task-name), sweep."""
     from ssondo_eval.tasks import load_tasks
 
-    return ts_sweep(work, teacher, parse_ts_list(ts), load_tasks(list(task_specs)), out, **kwargs)
+    tasks = load_tasks(list(task_specs), task_names)
+    return ts_sweep(work, teacher, parse_ts_list(ts), tasks, out, **kwargs)

@@ -16,10 +16,20 @@ from pipeline.commands.options import key_values
 from pipeline.stopping import stops_cleanly
 
 PROBE_HELP = "Probe settings (EVAR protocol): StandardScaler on train, Adam, early stopping on valid."
+LR_DEFAULT = "3e-4,1e-3,3e-3"  # ssondo_eval.probe.LR_GRID, written out so --help needs no torch import
+TASK_HELP = (
+    "Task (repeatable), ADAPTER:PATH with ADAPTER one of: esc50:DIR (meta/esc50.csv, 5 folds), "
+    "us8k:DIR (UrbanSound8K, 10 folds), gtzan:DIR (fault-filtered split), nsynth:DIR (instrument family), "
+    "openmic:DIR (masked mAP), mtt:DIR (MagnaTagATune top-50), fsd50k:DIR, folder:DIR (one sub-folder "
+    "per class), csv:FILE (columns path, labels, split or fold), demo:DIR (every task CSV of "
+    "`ssondo demo-data --out DIR`); a bare FILE.csv means csv:FILE.csv. ADAPTER is not a label: name a "
+    "task with --task-name."
+)
 
 
 class DefaultGroup(click.Group):
-    """A group that runs ``default`` when the first argument is not one of its subcommands."""
+    """A group that runs ``default`` when the first argument is not one of its subcommands; its --help
+    also shows the default subcommand's usage and options."""
 
     default = "probe"
 
@@ -28,13 +38,29 @@ class DefaultGroup(click.Group):
             args = [self.default, *args]
         return super().parse_args(ctx, args)
 
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        command = self.commands[self.default]
+        sub = click.Context(command, info_name=self.default, parent=ctx)
+        formatter.write_paragraph()
+        formatter.write_text(
+            f"`{ctx.command_path} ARGS...` runs `{sub.command_path} ARGS...`, the default subcommand:"
+        )
+        formatter.write_paragraph()
+        command.format_usage(sub, formatter)
+        options = [p for p in command.get_params(sub) if isinstance(p, click.Option)]
+        records = [r for p in options if (r := p.get_help_record(sub)) is not None]
+        with formatter.section(f"Options of {sub.command_path}"):
+            formatter.write_dl(records)
 
-def _probe_config(seeds: int, hidden: str, max_epochs: int, patience: int, lr: float):
+
+def _probe_config(seeds: int, hidden: str, max_epochs: int, patience: int, lr: str):
     from ssondo_eval.probe import ProbeConfig
 
     widths = tuple(int(w) for w in hidden.split(",") if w.strip()) if hidden else ()
+    rates = tuple(float(r) for r in lr.split(",") if r.strip())
     return ProbeConfig(
-        hidden=widths, lr=lr, max_epochs=max_epochs, patience=patience, seeds=tuple(range(seeds))
+        hidden=widths, lr=rates, max_epochs=max_epochs, patience=patience, seeds=tuple(range(seeds))
     )
 
 
@@ -62,9 +88,17 @@ def probe_options(f):
                 "tasks",
                 multiple=True,
                 required=True,
-                metavar="NAME:PATH",
-                help="Task (repeatable): esc50:DIR, us8k:DIR, gtzan:DIR, nsynth:DIR, openmic:DIR, mtt:DIR, "
-                "fsd50k:DIR, folder:DIR, csv:FILE (or a bare .csv path), demo:DIR (every demo task).",
+                metavar="ADAPTER:PATH",
+                help=TASK_HELP,
+            ),
+            click.option(
+                "--task-name",
+                "task_names",
+                multiple=True,
+                metavar="NAME",
+                help="Display name of the task of the N-th --task (repeatable, in --task order; a --task "
+                "that yields several tasks, demo:DIR, cannot be renamed) [default: the adapter's name, "
+                "e.g. the CSV's stem].",
             ),
             click.option(
                 "--out",
@@ -93,7 +127,14 @@ def probe_options(f):
                 show_default=True,
                 help="Stop after this many epochs without a better validation score (best weights kept).",
             ),
-            click.option("--lr", default=1e-3, show_default=True, help="Probe Adam learning rate."),
+            click.option(
+                "--lr",
+                default=LR_DEFAULT,
+                show_default=True,
+                help="Probe Adam learning rate(s), comma-separated: with several, each fold's rate is the one "
+                "whose first-seed probe scores best on validation (EVAR fixes one per model); the chosen "
+                "rates are in the report.",
+            ),
             click.option(
                 "--teacher-option",
                 "teacher_options",
@@ -154,14 +195,18 @@ def evaluate() -> None:
     default=10.0,
     show_default=True,
     help="Students: seconds per embedding window (a shorter clip is embedded whole); the clip "
-    "embedding is the mean over windows.",
+    "embedding is the mean over windows. The default suits 10-s task clips; `ssondo demo` embeds at "
+    "the students' training clip length (2 s in configs/demo-cpu.yaml), and its report prints the "
+    "exact command.",
 )
 @click.option(
     "--teacher-ts",
     default="full",
     show_default=True,
     help="Live teacher: temporal support in seconds (hop = TS, last window zero-padded, as in a "
-    "cache), or 'full' = the whole clip in one forward (the teacher chunks it itself).",
+    "cache), or 'full' = the whole clip in one forward (the teacher chunks it itself, as EVAR feeds "
+    "it). `ssondo demo` uses its first cached TS (0.96 s, YAMNet's window): scores move with this "
+    "choice (`ssondo eval ts-sweep` measures how much).",
 )
 @click.option(
     "--untrained/--no-untrained",
@@ -199,6 +244,7 @@ def probe(
     bootstrap,
     embedding_cache,
     tasks,
+    task_names,
     out,
     device,
     batch_size,
@@ -218,6 +264,7 @@ def probe(
             list(runs),
             list(tasks),
             out,
+            task_names=list(task_names),
             teacher=teacher,
             checkpoint=checkpoint,
             work=work,
@@ -265,6 +312,7 @@ def ts_sweep(
     ts,
     hop,
     tasks,
+    task_names,
     out,
     device,
     batch_size,
@@ -284,6 +332,7 @@ def ts_sweep(
             ts,
             list(tasks),
             out,
+            task_names=list(task_names),
             checkpoint=checkpoint,
             hop=hop,
             device=device,

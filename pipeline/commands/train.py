@@ -18,7 +18,7 @@ def _default(name: str) -> str:
 
 
 @click.command(context_settings={"show_default": True})
-@click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("work", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--cache", help="Cache NAME: <teacher_id>/ts<TS>-hop<HOP> or a unique suffix such as ts1-hop1.")
 @click.option(
     "--student",
@@ -64,6 +64,12 @@ def _default(name: str) -> str:
     is_flag=True,
     default=None,
     help="Build the student, print its parameter counts, train nothing.",
+)
+@click.option(
+    "--teacher-dim",
+    type=click.IntRange(min=1),
+    help="Dry run without a workspace: the teacher's embedding dimension (e.g. 3840 for MATPAC++) "
+    "[default: the cache's].",
 )
 @click.option(
     "--teacher", help="Refuse a cache that is not from this teacher (registry name) (config file, else any)."
@@ -137,8 +143,11 @@ def _default(name: str) -> str:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the student.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @stops_cleanly("train", resume="run the same command with --resume")
-def train(work: Path, config_file: Path | None, compile_: bool | None, no_progress: bool, **flags) -> None:
-    """Train a student against the cached teacher embeddings of WORK, streaming its tar shards.
+def train(
+    work: Path | None, config_file: Path | None, compile_: bool | None, no_progress: bool, **flags
+) -> None:
+    """Train a student against the cached teacher embeddings of WORK, streaming its tar shards
+    (`--dry-run --teacher-dim D` needs no WORK).
 
     Under torchrun every rank trains its share of each batch (DDP; gloo on CPU, nccl on GPU).
     A finished RUN is a no-op; an interrupted one continues exactly with --resume.

@@ -50,6 +50,8 @@ class Task:
     meta: dict = field(default_factory=dict)
     refused: list[dict] = field(default_factory=list)  # items left out: {"path", "reason", "detail"}
     outside_root: list[str] = field(default_factory=list)  # audio paths outside the task's folder (kept)
+    spec: str = ""  # the --task value that rebuilds it (ADAPTER:PATH)
+    renamed: bool = False  # its name was given (--task-name), not made by the adapter
     audio_cache: DecodedAudio | None = field(default=None, repr=False, compare=False)  # decoded_audio
 
     def __post_init__(self) -> None:
@@ -132,6 +134,8 @@ class Task:
             "fingerprint": self.fingerprint(),
             "refused": list(self.refused),
             "outside_root": list(self.outside_root),
+            "spec": self.spec,
+            "renamed": self.renamed,
         }
 
 

@@ -52,6 +52,7 @@ def _task(
         notes=notes,
         refused=refused,
         outside_root=outside,
+        spec=f"{name}:{root}",
     )
 
 

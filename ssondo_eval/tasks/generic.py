@@ -66,6 +66,7 @@ def folder_task(
         source=str(root),
         notes="folder task: one sub-folder per class",
         refused=refused,
+        spec=f"folder:{root}",
     )
 
 
@@ -125,6 +126,7 @@ def csv_task(
         notes=f"CSV task ({split_col} column)",
         refused=refused,
         outside_root=outside,
+        spec=f"csv:{path}",
     )
 
 
@@ -144,7 +146,10 @@ def demo_tasks(root: str | Path) -> list[Task]:
             f"no task CSVs (with labels and split columns) in {folder}; build them with "
             f"`ssondo demo-data --out {folder.parent.parent}`"
         )
-    return [csv_task(p, name=f"demo-{p.stem}", folder=folder.parent.parent) for p in csvs]
+    tasks = [csv_task(p, name=f"demo-{p.stem}", folder=folder.parent.parent) for p in csvs]
+    for task in tasks:
+        task.spec = f"demo:{root}"
+    return tasks
 
 
 def _is_task_csv(path: Path) -> bool:

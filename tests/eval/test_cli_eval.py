@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shlex
 import shutil
 
 import pytest
@@ -50,17 +51,55 @@ def test_eval_default_mode_teacher_and_baseline(tmp_path):
         and (out / "results.md").is_file()
         and (out / "results.png").is_file()
     )
-    # the explicit subcommand is the same command
+    # the explicit subcommand is the same command; --task-name names a bare CSV's task
     again = CliRunner().invoke(
         main,
-        ["eval", "probe", "--baseline", "logmel", "--task", str(path), "--out", str(tmp_path / "r2"), *FAST],
-    )
+        ["eval", "probe", "--baseline", "logmel", "--task", str(path), "--task-name", "my tones",
+         "--out", str(tmp_path / "r2"), *FAST],
+    )  # fmt: skip
     assert again.exit_code == 0, again.output
+    (task,) = json.loads((tmp_path / "r2" / "results.json").read_text())["tasks"]
+    assert task["name"] == "my tones" and task["spec"] == f"csv:{path}" and task["renamed"]
+
+
+def test_eval_help_shows_the_default_subcommands_options():
+    from ssondo_eval.probe import LR_GRID
+    from ssondo_eval.tasks import TASKS
+
+    result = CliRunner().invoke(main, ["eval", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for option in ("--task ADAPTER:PATH", "--task-name", "--teacher-ts", "--ts FLOAT", "--out", "--lr"):
+        assert option in text, option
+    assert "eval probe ARGS...`, the default subcommand" in text
+    for adapter in TASKS.names():  # every adapter is documented beside --task
+        assert f"{adapter}:" in text, adapter
+    from pipeline.commands.evaluate import LR_DEFAULT
+
+    assert f"[default: {LR_DEFAULT}]" in text
+    assert tuple(float(lr) for lr in LR_DEFAULT.split(",")) == LR_GRID  # --help's copy of the grid
+    assert "0.96" in text and "2 s in configs/demo-cpu.yaml" in text  # CLI defaults vs the demo's
+
+
+def test_a_label_in_place_of_the_adapter_is_refused_with_the_accepted_forms(tmp_path):
+    path = task_csv(tmp_path)
+    result = CliRunner().invoke(
+        main, ["eval", "--task", f"drums:{path}", "--out", str(tmp_path / "r"), *FAST]
+    )
+    assert result.exit_code != 0
+    text = " ".join(result.output.split())
+    assert "'drums' is not a task adapter" in text and "not found" not in text
+    assert "csv:/data/drums.csv" in text and "--task-name" in text and "ADAPTER:PATH" in text
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--task", str(path), "--task-name", "a", "--task-name", "b", "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code != 0 and "at most one name per task" in result.output
 
 
 def test_eval_errors_are_clear(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--task", "nosuch:/x", "--out", str(tmp_path / "r"), *FAST])
-    assert result.exit_code != 0 and "NAME:PATH" in result.output
+    assert result.exit_code != 0 and "ADAPTER:PATH" in result.output
     path = task_csv(tmp_path)
     result = CliRunner().invoke(
         main, ["eval", "--baseline", "none", "--task", str(path), "--out", str(tmp_path / "r")]
@@ -184,6 +223,20 @@ def test_eval_adds_the_untrained_student_unless_told_not_to(tmp_path):
     assert [m["kind"] for m in data["models"]] == ["teacher", "student", "untrained", "baseline"]
     assert data["retention"]["student:run"]["untrained"] == "untrained mn04 (seed 4)"
     assert "untrained mn04 (seed 4)" in (tmp_path / "r" / "results.md").read_text()
+    # the command the demo report prints rebuilds this very report: run it, nothing changes
+    from pipeline.demo_report import demo_figures, eval_command, figures_markdown
+
+    command = eval_command(data, tmp_path / "r")
+    assert "--teacher-ts 0.25 --ts 1" in command and "--teacher-option dim=8" in command
+    assert "--seeds 2" in command and "--bootstrap 200" in command and "--untrained" not in command
+    stamp = (tmp_path / "r" / "results.json").stat().st_mtime_ns
+    again = CliRunner().invoke(main, shlex.split(command)[1:])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "r" / "results.json").stat().st_mtime_ns == stamp  # the same report: not rewritten
+    # the demo's figures carry that command, and their Markdown prints it
+    fig = demo_figures(data, [], 1.0, True, {}, eval_out=tmp_path / "r")
+    assert fig["eval_command"] == command and f"    {command}" in figures_markdown(fig)
+    assert "bootstrap replicates over test clips" in figures_markdown(fig).split("|")[0]
     result = CliRunner().invoke(main, [*base, "--no-untrained", "--out", str(tmp_path / "r2")])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r2" / "results.json").read_text())

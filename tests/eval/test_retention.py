@@ -163,3 +163,83 @@ def test_task_figures_and_the_average_over_informative_tasks_by_hand():
         np.percentile(mean_reps[np.isfinite(mean_reps)], 2.5)
     )
     assert informative_average(per_task, [])["gain_retention"] is None
+
+
+# ---------------------------------------------------------------- the report's summary (summary.py)
+def _task(name: str, n_test: int):
+    from ssondo_eval.tasks.base import Task, TaskItem
+
+    items = [TaskItem(path=None, key=f"{name}{i}", labels=("a",), split="train") for i in range(2)]
+    items += [TaskItem(path=None, key=f"{name}t{i}", labels=("a",), split="test") for i in range(n_test)]
+    items[0] = TaskItem(path=None, key=f"{name}0", labels=("b",), split="train")
+    return Task(name=name, items=items, classes=["a", "b"], multilabel=False, clip_seconds=None)
+
+
+def _report(hits: dict[str, dict[str, int]], n_test: int = 40, n_seeds: int = 3) -> dict:
+    """A report from predictions right on the first ``hits[label][task]`` test items, the same for
+    every probe seed (so the seeds' t interval is 0 wide)."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from ssondo_eval.probe import ProbeConfig, mean_ci
+    from ssondo_eval.summary import summarise
+
+    labels = list(hits)
+    tasks = [_task(t, n_test) for t in next(iter(hits.values()))]
+    models = [
+        SimpleNamespace(kind="baseline" if lab == "log-mel" else "teacher", teacher_id=lab) for lab in labels
+    ]
+    preds = {
+        lab: {t.name: [[_hits(n_test, range(hits[lab][t.name]))]] * n_seeds for t in tasks} for lab in labels
+    }
+    scores = {}
+    for lab in labels:
+        scores[lab] = {}
+        for t in tasks:
+            mean, ci = mean_ci([hits[lab][t.name] / n_test] * n_seeds)
+            scores[lab][t.name] = {"mean": mean, "ci95": ci}
+    return (
+        {
+            "models": [{"label": lab, "kind": m.kind} for lab, m in zip(labels, models, strict=True)],
+            "tasks": [t.describe() for t in tasks],
+            "probe": asdict(ProbeConfig(seeds=tuple(range(n_seeds)))),
+            "scores": scores,
+            **summarise(models, labels, tasks, scores, preds, {}, n_boot=500),
+        },
+        tasks,
+        preds,
+    )
+
+
+def test_score_cis_resample_the_test_items_not_only_the_seeds():
+    from ssondo_eval.summary import bootstrap_task, score_markdown
+
+    report, tasks, preds = _report({"teacher": {"t": 7}, "log-mel": {"t": 2}}, n_test=84)
+    assert report["scores"]["teacher"]["t"]["ci95"] == 0.0  # every seed agrees: "8.3 ± 0.0"
+    reps = bootstrap_task(tasks[0], {lab: preds[lab]["t"] for lab in ("teacher", "log-mel")}, 500, 0)
+    ci = report["score_ci"]["teacher"]["t"]
+    assert ci == percentile_ci(7 / 84, reps["teacher"])
+    assert ci["low"] < 7 / 84 < ci["high"] and ci["high"] - ci["low"] > 0.05  # 84 clips: +- ~6 points
+    md = "\n".join(score_markdown(report))
+    assert f"{100 * 7 / 84:.1f} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]" in md and "± 0.0" not in md
+    assert "bootstrap replicates over test items" in md
+
+
+def test_the_average_is_over_informative_tasks_only_and_the_others_are_listed_apart():
+    from ssondo_eval.summary import score_markdown
+
+    # "clear": teacher 40/40 vs log-mel 20/40, beyond any CI; "close": one item apart, inside it
+    report, _, _ = _report({"teacher": {"clear": 40, "close": 21}, "log-mel": {"clear": 20, "close": 20}})
+    assert report["informative"] == {"clear": True, "close": False}
+    assert report["average"]["teacher"] == pytest.approx(1.0)  # "close" is not in it
+    assert report["average"]["log-mel"] == pytest.approx(0.5)
+    lines = score_markdown(report)
+    avg = next(i for i, line in enumerate(lines) if line.startswith("| **Average** (1 informative task(s))"))
+    clear = next(i for i, line in enumerate(lines) if line.startswith("| clear |"))
+    close = next(i for i, line in enumerate(lines) if line.startswith("| close † |"))
+    assert clear < avg < close  # the uninformative task sits in its own table, after the average
+    assert "left out of the average: close" in "\n".join(lines)
+
+    none, _, _ = _report({"teacher": {"close": 21}, "log-mel": {"close": 20}})
+    assert none["informative"] == {"close": False} and none["average"] == {"teacher": None, "log-mel": None}
+    assert "No task is informative: no average." in score_markdown(none)

@@ -215,7 +215,7 @@ def test_csv_task_and_spec_parsing(tmp_path):
     (task,) = load_tasks([str(tmp_path / "t.csv")])
     assert task.multilabel and task.protocol == "folds" and len(task.folds()) == 2
     assert parse_task_spec("esc50:/x") == ("esc50", Path("/x"))
-    with pytest.raises(ValueError, match="NAME:PATH"):
+    with pytest.raises(ValueError, match="ADAPTER:PATH"):
         parse_task_spec("nosuch:/x")
     write_csv(tmp_path / "bad.csv", ["path", "labels", "split"], [["clips/9.wav", "x", "train"]])
     with pytest.raises(FileNotFoundError, match="missing"):
@@ -272,7 +272,8 @@ def test_unreadable_file_is_refused_and_listed_the_rest_kept(tmp_path):
     assert described["refused"] == task.refused and described["outside_root"] == [str(outside)]
     report = {  # the parts of a report results_markdown reads
         "created": "now", "models": [], "retention": {}, "informative": {}, "scores": {}, "average": {},
-        "probe": {"hidden": None, "seeds": [0], "patience": 1, "max_epochs": 1}, "tasks": [described],
+        "probe": {"hidden": None, "seeds": [0], "patience": 1, "max_epochs": 1, "lr": [1e-3], "batch_size": 200},
+        "tasks": [described], "bootstrap": {"confidence": 0.95, "replicates": 100}, "average_over": "all",
     }  # fmt: skip
     md = results_markdown(report)
     assert "Refused items (1" in md and "bad.wav" in md and "far.wav" in md
@@ -285,3 +286,30 @@ def test_a_split_left_empty_by_refusals_is_an_error(tmp_path):
     write_csv(tmp_path / "t.csv", ["path", "labels", "split"], rows)
     with pytest.raises(ValueError, match=r"every test item was refused.*bad\.wav"):
         load_tasks([str(tmp_path / "t.csv")])
+
+
+def test_task_specs_record_how_to_rebuild_them_and_take_display_names(tmp_path):
+    for n in range(4):
+        tone(tmp_path / "clips" / f"{n}.wav")
+    rows = [[f"clips/{n}.wav", "x" if n % 2 else "y", ("train", "test")[n // 2]] for n in range(4)]
+    write_csv(tmp_path / "t.csv", ["path", "labels", "split"], rows)
+    write_csv(tmp_path / "u.csv", ["path", "labels", "split"], rows)
+    bare, prefixed = load_tasks([str(tmp_path / "t.csv"), f"csv:{tmp_path / 'u.csv'}"], ["drums"])
+    assert (bare.name, bare.renamed, bare.spec) == ("drums", True, f"csv:{tmp_path / 't.csv'}")
+    assert (prefixed.name, prefixed.renamed, prefixed.spec) == ("u", False, f"csv:{tmp_path / 'u.csv'}")
+    assert bare.describe()["spec"] == bare.spec and bare.describe()["renamed"] is True
+    # a label where the adapter goes is refused, naming the accepted forms, not read as a missing file
+    with pytest.raises(ValueError, match=r"'drums' is not a task adapter.*csv, demo, esc50.*--task-name"):
+        load_tasks([f"drums:{tmp_path / 't.csv'}"])
+    with pytest.raises(ValueError, match="at most one name per task"):
+        load_tasks([str(tmp_path / "t.csv")], ["a", "b"])
+    with pytest.raises(ValueError, match=r"repeated: \['t'\].*--task-name"):
+        load_tasks([str(tmp_path / "t.csv"), f"csv:{tmp_path / 't.csv'}"])
+    mdir = tmp_path / "demo" / "manifests" / "demo"
+    demo_rows = [[f"../../../clips/{n}.wav", r[1], r[2]] for n, r in enumerate(rows)]
+    for stem in ("pitch", "kit"):
+        write_csv(mdir / f"{stem}.csv", ["path", "labels", "split"], demo_rows)
+    tasks = load_tasks([f"demo:{tmp_path / 'demo'}"])
+    assert [t.spec for t in tasks] == [f"demo:{tmp_path / 'demo'}"] * 2
+    with pytest.raises(ValueError, match="yields 2 tasks .*only a single task can be renamed"):
+        load_tasks([f"demo:{tmp_path / 'demo'}"], ["mine"])

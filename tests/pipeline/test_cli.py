@@ -25,3 +25,14 @@ def test_console_script_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "ssondo" in out.stdout
+
+
+def test_train_dry_run_needs_no_workspace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no WORK anywhere
+    result = CliRunner().invoke(main, ["train", "--dry-run", "--student", "mn10", "--teacher-dim", "3840"])
+    assert result.exit_code == 0, result.output
+    assert "student mn10 into a 3840-d teacher" in result.output and "parameters" in result.output
+    result = CliRunner().invoke(main, ["train", "--dry-run", "--student", "mn10"])
+    assert result.exit_code != 0 and "--teacher-dim" in result.output  # says how to do without WORK
+    result = CliRunner().invoke(main, ["train", "--student", "mn10", "--teacher-dim", "8", "--out", "r"])
+    assert result.exit_code != 0 and "teacher_dim" in result.output and "dry run" in result.output
