@@ -157,3 +157,20 @@ def test_packing_needs_no_torch(tmp_path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 7, 8, 9])
+def test_to_mono_is_the_float64_channel_mean_bit_for_bit(channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    x = (rng.standard_normal((5001, channels)) * rng.choice([1e-6, 0.3, 1.0], (5001, channels))).astype(
+        np.float32
+    )
+    assert A.to_mono(x).tobytes() == x.astype(np.float64).mean(axis=1).tobytes()
+
+
+def test_opposite_infinities_in_two_channels_are_refused() -> None:
+    x = tone(0.2, 16000, 2)
+    x[5, 0], x[5, 1], x[9, 0] = np.inf, -np.inf, np.inf
+    with pytest.raises(A.AudioReject) as e:
+        A.prepare_clip(encoded(x, 16000, subtype="FLOAT"), 0, len(x), 16000, 0.1)
+    assert e.value.reason == "nan_inf" and e.value.detail.startswith("3 ")
