@@ -246,7 +246,7 @@ def print_table(rows: list, args: argparse.Namespace, ckpt_mb: float) -> None:
     lat = rows[0][0].latency
     print(
         f"student {args.student} ({args.what}, {rows[0][0].out_dim}-d; head -> {args.teacher_dim}-d), "
-        f"random weights; CPU, batch 1, {lat['clip_seconds']:g}-s clip, {lat['threads']} thread(s), "
+        f"{'trained (' + str(args.run) + ')' if args.run else 'random weights'}; CPU, batch 1, {lat['clip_seconds']:g}-s clip, {lat['threads']} thread(s), "
         f"median of {lat['repeats']}; checkpoint student.pt {ckpt_mb:.2f} MB"
     )
     print(
