@@ -194,7 +194,7 @@ def eval_command(eval_report: dict, out: Path, device: str = "cpu") -> str:
     if students and not any(m["kind"] == "untrained" for m in models):
         args += ["--no-untrained"]
     probe = eval_report["probe"]
-    if probe["seeds"] != list(range(len(probe["seeds"]))):
+    if list(probe["seeds"]) != list(range(len(probe["seeds"]))):  # a list read back, a tuple in memory
         raise ValueError(f"probe seeds {probe['seeds']}: `ssondo eval --seeds N` gives 0..N-1")
     given = {
         "seeds": len(probe["seeds"]),
@@ -206,7 +206,9 @@ def eval_command(eval_report: dict, out: Path, device: str = "cpu") -> str:
     }
     for name, value in given.items():
         default = defaults[name]
-        same = value == default or (name == "lr" and [float(v) for v in default.split(",")] == probe["lr"])
+        same = value == default or (
+            name == "lr" and [float(v) for v in default.split(",")] == list(probe["lr"])
+        )
         if not same:
             args += [f"--{name.replace('_', '-')}", shlex.quote(str(value))]
     return " ".join([*args, "--device", device, "--out", _path(out)])

@@ -241,3 +241,27 @@ def test_eval_adds_the_untrained_student_unless_told_not_to(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r2" / "results.json").read_text())
     assert [m["kind"] for m in data["models"]] == ["teacher", "student", "baseline"]
+
+
+def test_the_demo_eval_command_from_the_in_memory_report():
+    """evaluate() returns its report with tuples (probe seeds, lr grid), the demo passes it as is."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pipeline.demo_report import eval_command
+    from ssondo_eval.probe import ProbeConfig
+
+    teacher = {"kind": "teacher", "spec": "yamnet", "ts": 0.96, "checkpoint": None, "options": {}}
+    students = [{"kind": "student", "checkpoint": f"/d/runs/{s}/student.pt", "ts": 2.0} for s in ("a", "b")]
+    report = {
+        "models": [teacher, *students, {"kind": "untrained"}, {"kind": "baseline"}],
+        "tasks": [
+            {"name": f"demo-{n}", "spec": "demo:/d/corpus", "renamed": False} for n in ("kit", "pitch")
+        ],
+        "probe": asdict(ProbeConfig(seeds=(0, 1, 2))),
+        "bootstrap": {"replicates": 1000},
+    }
+    assert eval_command(report, Path("/d/report/eval")) == (
+        "ssondo eval /d/runs/a/student.pt /d/runs/b/student.pt --teacher yamnet --teacher-ts 0.96 --ts 2 "
+        "--task demo:/d/corpus --device cpu --out /d/report/eval"
+    )
