@@ -1,10 +1,10 @@
-"""Extraction: what lands in the cache, resuming after kill -9, several processes, refusals, the CLI."""
+"""Extraction: what lands in the cache, refusals, the CLI; the corpus, its reference run and the helpers
+that test_extract_bitwise.py (other ways of running) and test_extract_compile.py (--compile) share."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,15 +20,13 @@ from click.testing import CliRunner
 from pipeline.cli import main as cli
 from ssondo_cache.cache_index import open_cache
 from ssondo_cache.devices import DeviceError
-from ssondo_cache.extract import _refuse_many_full_lengths, extract
-from ssondo_cache.extract_items import make_plan, plan_items
+from ssondo_cache.extract import extract
+from ssondo_cache.extract_items import plan_items
 from ssondo_cache.manifests import read_clips
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import iter_shard
 from ssondo_cache.store import CacheMismatchError
-from ssondo_cache.teachers import build_teacher
-from ssondo_cache.window_embed import WindowEmbedder
-from ssondo_cache.windows import TemporalSupport, cut_windows
+from ssondo_cache.windows import cut_windows
 from ssondo_cache.workspace import Workspace
 from tests.cache.conftest import write_audio
 from tests.helpers.tiny_teacher import TinyTeacher
@@ -187,72 +185,6 @@ def test_rerun_is_a_noop(corpus: Path, reference):
     assert {p: p.stat().st_mtime_ns for p in store.path.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(corpus: Path, reference, tmp_path: Path):
-    work = _copy(corpus, tmp_path)
-    proc = _spawn(work, "py:tests.cache.test_extract:slow_tiny")
-    done_dir = None
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        found = list((work / "cache").glob("*/ts1-hop1.zarr/done/c/*"))
-        if found:
-            done_dir = found[0].parent
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, (
-        f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    )
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert done_dir is not None
-    n_done = len(list(done_dir.iterdir()))
-    assert 1 <= n_done < 4, "killed too late to test resuming"
-    result = extract(
-        work, TINY, ts=1, device="cpu", batch_size=8, workers=0, progress=False, teacher_options=OPTS
-    )
-    assert result.blocks_skipped >= 1 and result.cache_complete
-    _assert_identical(_arrays(result.cache), reference)
-
-
-@pytest.mark.slow
-def test_two_ranks_in_parallel_are_bit_identical(corpus: Path, reference, tmp_path: Path):
-    work = _copy(corpus, tmp_path)
-    procs = [_spawn(work, TINY, rank=r, world_size=2) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err.decode()[-2000:]
-    store = open_cache(work, "ts1-hop1")
-    assert store.is_complete() and store.attrs["finished"]
-    _assert_identical(_arrays(store.path), reference)
-
-
-@pytest.mark.slow
-def test_spawned_decode_workers_are_bit_identical(corpus: Path, reference, tmp_path: Path):
-    work = _copy(corpus, tmp_path)
-    result = extract(
-        work, TINY, ts=1, device="cpu", batch_size=8, workers=2, progress=False, teacher_options=OPTS
-    )
-    assert result.cache_complete
-    _assert_identical(_arrays(result.cache), reference)
-
-
-def test_resampling_on_the_device_path_gives_the_same_bits(corpus: Path, reference, tmp_path: Path):
-    """The GPU path (int16 to the device, resampled there) run on the CPU: same numbers as the workers."""
-    work = _copy(corpus, tmp_path)
-    r = extract(
-        work,
-        TINY,
-        ts=1,
-        device="cpu",
-        batch_size=8,
-        workers=0,
-        progress=False,
-        teacher_options=OPTS,
-        resample_on="device",
-    )
-    _assert_identical(_arrays(r.cache), reference)
-
-
 def test_uneven_tar_shards(tmp_path: Path):
     """Decode-time refusals leave tar shards short; blocks keep the pack's shard size and straddle
     tar shards. One process, or two ranks writing alternate blocks, give the same bits."""
@@ -326,45 +258,6 @@ def test_mismatches_are_refused(corpus: Path, reference, tmp_path: Path):
         open_cache(work, "ts1-hop1")
     with pytest.raises(CacheMismatchError, match="clips_fingerprint"):
         extract(work, TINY, ts=1, device="cpu", batch_size=8, workers=0, progress=False, teacher_options=OPTS)
-
-
-def test_compile_is_part_of_the_cache_identity(corpus: Path, reference, tmp_path: Path):
-    """A compiled forward rounds differently from the eager one: resuming an eager cache compiled is
-    refused before anything runs, as another batch size or precision is."""
-    work = _copy(corpus, tmp_path)
-    shutil.copytree(corpus / "cache", work / "cache")
-    with pytest.raises(CacheMismatchError, match="compile is False in the cache, True now"):
-        extract(
-            work, TINY, ts=1, device="cpu", batch_size=8, compile=True, workers=0, progress=False,
-            teacher_options=OPTS,
-        )  # fmt: skip
-
-
-def test_teachers_are_compiled_one_way(monkeypatch):
-    """compile_teacher is the one compile path (whole forward, static shapes): extraction uses it,
-    and the ViT teachers no longer compile themselves."""
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append((module, kw)) or module)
-    teacher = build_teacher(TINY, **OPTS)
-    assert WindowEmbedder(teacher, torch.device("cpu"), 4, compile=True).forward is teacher
-    assert calls == [(teacher, {"dynamic": False})]
-    with pytest.raises(TypeError, match="compile"):
-        build_teacher("matpac", random_init=True, compile=True, embed_dim=64, depth=1, num_heads=1)
-
-
-def test_full_clip_compile_is_refused_past_the_recompile_limit(corpus: Path, tmp_path: Path, monkeypatch):
-    """--ts full --compile: one graph per distinct clip length; past dynamo's limit it is refused
-    (the corpus has 7 lengths), before the cache is created."""
-    work = _copy(corpus, tmp_path)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 6)
-    with pytest.raises(ValueError, match="7 distinct clip lengths.*past 6"):
-        extract(
-            work, TINY, ts="full", device="cpu", compile=True, workers=0, progress=False, teacher_options=OPTS
-        )
-    assert not (work / "cache").exists()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 7)
-    plan = make_plan(read_clips(work), 16000, TemporalSupport.parse("full"))
-    _refuse_many_full_lengths(plan)  # 7 lengths, 7 graphs: accepted
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
@@ -447,48 +340,3 @@ def test_onnxruntime_teacher_yamnet(corpus: Path, tmp_path: Path):
     assert np.isfinite(g["clip"][:]).all() and g["clip"][:].std() > 0
     with pytest.raises(ValueError, match="compile"):
         extract(work, "yamnet", ts=1, device="cpu", compile=True, workers=0, progress=False)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_path_bf16_is_deterministic_across_ranks(corpus: Path, tmp_path: Path):
-    """On a GPU: int16 to the device, resampling there, bf16 autocast; 1 vs 2 ranks give the same bits."""
-    work = _copy(corpus, tmp_path)
-    one = extract(
-        work, TINY, ts=1, device="cuda", batch_size=8, workers=2, progress=False, teacher_options=OPTS
-    )
-    g = zarr.open_group(str(one.cache), mode="r")
-    assert one.cache_complete and g.attrs["precision"] == "cuda-bf16-autocast"
-    ref = _arrays(one.cache)
-    shutil.rmtree(work / "cache")
-    for rank in (1, 0):
-        extract(
-            work,
-            TINY,
-            ts=1,
-            device="cuda",
-            batch_size=8,
-            workers=0,
-            rank=rank,
-            world_size=2,
-            progress=False,
-            teacher_options=OPTS,
-        )
-    _assert_identical(_arrays(one.cache), ref)
-
-
-@pytest.mark.slow
-@pytest.mark.inductor
-def test_compiled_teacher_on_the_cpu_gives_the_eager_embeddings(corpus: Path, tmp_path: Path, reference):
-    """--compile pads every forward to batch_size rows (one static shape); the padding rows must not
-    leak into the embeddings. Runs torch.compile (inductor) on the CPU: the GPU path's logic, here.
-    In a child process: after torch.compile, processes forked by later tests could not run autograd."""
-    work = _copy(corpus, tmp_path)
-    proc = _spawn(work, TINY, compile=True)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    got = _arrays(open_cache(work, "ts1-hop1").path)
-    assert got["done"].all()
-    assert np.array_equal(got["n_windows"], reference["n_windows"])
-    np.testing.assert_allclose(got["emb"], reference["emb"], rtol=2e-3, atol=1e-3)  # float16 rounding
-    np.testing.assert_allclose(got["clip"], reference["clip"], rtol=2e-3, atol=1e-3)
