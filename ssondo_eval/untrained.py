@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,13 @@ import torch
 from ssondo_cache.provenance import sha256_file
 from ssondo_cache.windows import format_seconds
 from ssondo_eval.embedders import Embedder, StudentEmbedder
+
+log = logging.getLogger("ssondo.eval")
+
+
+def has_known_start(meta: dict) -> bool:
+    """Whether checkpoint ``meta`` records what :func:`initial_student` needs (its training seed)."""
+    return (meta.get("extra") or {}).get("seed") is not None
 
 
 def initial_student(meta: dict):
@@ -94,6 +102,13 @@ def with_untrained(models: list[Embedder]) -> list[Embedder]:
     twins: dict[str, UntrainedStudentEmbedder] = {}
     for m in models:
         if isinstance(m, StudentEmbedder) and m.kind == "student":
+            if not has_known_start(m.meta):
+                log.warning(
+                    "%s: no untrained baseline, its checkpoint records no training seed (e.g. an imported "
+                    ".ckpt that started from weights this machine cannot rebuild)",
+                    m.name,
+                )
+                continue
             key = untrained_id(m.meta, m.ts)
             if key not in twins and key not in present:
                 twins[key] = UntrainedStudentEmbedder(m)

@@ -96,3 +96,14 @@ def test_with_untrained_keeps_one_twin_per_initialisation(two_students, tmp_path
     out = with_untrained(models)
     assert [m.kind for m in out] == ["student", "student", "untrained", "untrained"]
     assert with_untrained(out) == out  # already there: nothing added
+
+
+def test_a_student_without_seed_gets_no_twin_and_a_warning(tmp_path, caplog):
+    """An imported checkpoint (their .ckpt) records no seed: the report goes on without its twin."""
+    trained_checkpoint(tmp_path / "student.pt", seed=0)
+    student = StudentEmbedder(tmp_path / "student.pt")
+    student.meta = {**student.meta, "extra": {}}
+    with caplog.at_level("WARNING", logger="ssondo.eval"):
+        out = with_untrained([student, LogMelStatsEmbedder()])
+    assert [m.kind for m in out] == ["student", "baseline"]
+    assert "no untrained baseline" in caplog.text and student.name in caplog.text
