@@ -65,6 +65,18 @@ CELLS: dict[str, tuple[str, dict]] = {
         "(lower validation distance) and raises the average gain over the untrained twin",
         {"mixup_alpha": 0.0, "augment": None, "steps": 20 * STEPS, "lr": 0.004},
     ),
+    "noaug_steps2k_balanced": (
+        "stated after noaug_steps8k (game_music up, instrument_family down: the student follows the "
+        "corpus' mix): balanced sampling over 50 teacher clusters (ssondo cluster -k 50) at 2,000 steps "
+        "keeps instrument_family at least at its untrained twin and raises the average over noaug_steps2k",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 20 * STEPS, "manifest": "balanced-k50"},
+    ),
+    "noaug_steps8k_balanced": (
+        "stated after noaug_steps2k_balanced (+4.7 [0.9, 8.8] pp over untrained): balanced sampling with "
+        "8,000 steps keeps every informative task at or above its untrained twin and lifts game_music "
+        "as the random 8k cell did: a higher average than either",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 80 * STEPS, "manifest": "balanced-k50"},
+    ),
     "lr2x": ("lr 0.004 learns faster at this budget", {"lr": 0.004}),
     "mn10": ("a wider student (mn10) keeps more at the same steps, for more wall time", {"student": "mn10"}),
 }
