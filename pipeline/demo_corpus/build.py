@@ -15,6 +15,8 @@ DIR/
 Every file is a function of (size, package versions): the same command writes the same bytes.
 A clip's content depends only on its path, so an interrupted build resumes by skipping the
 files already written (each written atomically), and a finished build is a no-op.
+Here: fetch the packages, write the planned clips, the task lists and corpus.json; which clips
+each source gives is planned in ``plan`` (small sizes) and ``large`` (the large size's extra sources).
 """
 
 from __future__ import annotations
@@ -24,23 +26,18 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version as pkg_version
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.demo_corpus import debian, large, packages, recordings, soundfont, tasks
+from pipeline.demo_corpus import debian, large, packages, plan, recordings, soundfont, tasks
 from pipeline.demo_corpus.large import Maker
+from pipeline.demo_corpus.plan import FLUID_PACKAGE
 from pipeline.demo_corpus.readme import corpus_readme
 from ssondo_cache.atomic import atomic_path, write_json, write_text
-from ssondo_cache.provenance import code_version, sha256_file
+from ssondo_cache.provenance import code_version
 
-FLUID_PACKAGE = "fluid-soundfont-gm"
-FLUID_SF2 = "usr/share/sounds/sf2/FluidR3_GM.sf2"
-FLUID_LICENCE = "MIT"
-TIMGM_LICENCE = "GPL-2.0 (TimGM6mb by Tim Brechbill, shipped inside the PyPI package pretty_midi)"
 MANIFEST_DIR = "manifests/demo"
 
 
@@ -133,9 +130,9 @@ def build_demo_corpus(
 
     planned: list[tuple[tasks.Clip, Maker]] = []
     pools: dict[str, list[tuple]] = {}  # fluid/timgm/sonicpi: (clip, label); digits: (clip, digit, voice)
-    fonts = _plan_instruments(spec, roots, planned, pools, corpus)
-    _plan_speech(spec, roots, planned, pools)
-    _plan_sonic_pi(spec, roots, planned, pools)
+    fonts = plan.plan_instruments(spec, roots, planned, pools, corpus)
+    plan.plan_speech(spec, roots, planned, pools)
+    plan.plan_sonic_pi(spec, roots, planned, pools)
     if spec.packages:
         corpus.skipped_clips += large.plan_packages(roots, planned, pools, corpus.problems)
         large.plan_midi(roots, fonts, planned, pools)
@@ -235,129 +232,6 @@ def _fetch_all(
         corpus.packages[name] = pkg.version
         roots[name] = pkg.root
     return roots
-
-
-def _plan_instruments(
-    spec: CorpusSize, roots: dict[str, Path], planned: list, pools: dict, corpus: DemoCorpus
-) -> list[tuple[str, Path, str]]:
-    """Plan the notes (and drum hits) of every soundfont; return its (folder, sf2, licence)."""
-    timgm = soundfont.timgm6mb_path()
-    corpus.packages["pretty_midi (TimGM6mb.sf2)"] = pkg_version("pretty_midi")
-    corpus.packages["tinysoundfont (renderer)"] = pkg_version("tinysoundfont")
-    corpus.sources_info["TimGM6mb.sf2 sha256"] = sha256_file(timgm)
-    drums = soundfont.plan_drums(soundfont.DRUM_KITS, spec.drum_velocities) if spec.drum_velocities else []
-    fonts = [
-        (
-            "timgm",
-            "timgm6mb",
-            timgm,
-            "pretty_midi",
-            TIMGM_LICENCE,
-            soundfont.plan_notes(spec.timgm_programs, spec.timgm_notes, 0.25, spec.holds),
-        )
-    ]
-    if FLUID_PACKAGE in roots:
-        fonts.append(
-            (
-                "fluid",
-                "fluidr3",
-                roots[FLUID_PACKAGE] / FLUID_SF2,
-                FLUID_PACKAGE,
-                FLUID_LICENCE,
-                soundfont.plan_notes(spec.fluid_programs, spec.fluid_notes, 0.5, spec.holds),
-            )
-        )
-    for pool, folder, sf2, source, licence, notes in fonts:
-        renderer = _LazyRenderer(sf2)
-        for kind, pool_name, group in (("instruments", pool, notes), ("percussion", f"{pool}_drums", drums)):
-            if not group:
-                continue
-            pools[pool_name] = []
-            for note in group:
-                what = "kit" if note.bank == soundfont.DRUM_BANK else "program"
-                clip = tasks.Clip(
-                    f"audio/{kind}/{folder}/{note.family.label}/{note.stem}.wav",
-                    source,
-                    f"{sf2.name} bank {note.bank} {what} {note.program} note {note.note} "
-                    f"velocity {note.velocity}"
-                    + (f" hold {note.hold:g} s" if note.hold != soundfont.HOLD_S else ""),
-                    licence,
-                )
-                planned.append((clip, renderer.maker(note)))
-                pools[pool_name].append((clip, note.family.label))
-    return [(folder, sf2, licence) for _, folder, sf2, _, licence, _ in fonts]
-
-
-class _LazyRenderer:
-    """Loads the soundfont only when a note actually has to be rendered (resumed builds skip it)."""
-
-    def __init__(self, sf2: Path) -> None:
-        self.sf2, self._renderer = sf2, None
-
-    def maker(self, note: soundfont.Note) -> Maker:
-        def make() -> tuple[np.ndarray, int] | None:
-            if self._renderer is None:
-                self._renderer = soundfont.NoteRenderer(self.sf2)
-            audio = self._renderer.render(note)
-            return None if audio is None else (audio, self._renderer.sample_rate)
-
-        return make
-
-
-def _plan_speech(spec: CorpusSize, roots: dict[str, Path], planned: list, pools: dict) -> None:
-    have_all = all(v.package in roots for v in recordings.VOICES)
-    if have_all:
-        pools["digits"] = []
-    for voice in recordings.VOICES:
-        if voice.package not in roots:
-            continue
-        root = roots[voice.package]
-        for rec in recordings.digit_recordings(root, voice):
-            clip = _recording_clip(rec, f"audio/speech/{voice.name}/digits/{rec.name}.wav", root)
-            planned.append((clip, _loader(rec.source)))
-            if have_all:  # the digit task splits by voice: it needs them all or is skipped
-                pools["digits"].append((clip, rec.name, voice.name))
-        for rec in recordings.prompt_recordings(root, voice, spec.prompts_per_voice):
-            planned.append(
-                (
-                    _recording_clip(rec, f"audio/speech/{voice.name}/prompts/{rec.name}.wav", root),
-                    _loader(rec.source),
-                )
-            )
-
-
-def _plan_sonic_pi(spec: CorpusSize, roots: dict[str, Path], planned: list, pools: dict) -> None:
-    if recordings.SONIC_PI_PACKAGE not in roots:
-        return
-    root = roots[recordings.SONIC_PI_PACKAGE]
-    recs = recordings.sonic_pi_recordings(root)
-    by_cat: dict[str, list[recordings.Recording]] = {}
-    for rec in recs:
-        by_cat.setdefault(rec.group, []).append(rec)
-    pools["sonicpi"] = []
-    for cat in sorted(by_cat):
-        labelled = len(by_cat[cat]) >= tasks.SONIC_PI_MIN_CLIPS  # decided on the full set, for every size
-        if spec.sonicpi_per_category and not labelled:
-            continue  # a reduced corpus keeps only what its task uses
-        source_of = {
-            _recording_clip(rec, f"audio/sonicpi/{cat}/{rec.name}.wav", root): rec.source
-            for rec in by_cat[cat]
-        }
-        chosen = list(source_of)
-        if spec.sonicpi_per_category:
-            chosen = tasks.hash_order(chosen)[: spec.sonicpi_per_category]
-        for clip in sorted(chosen, key=lambda c: c.rel):
-            planned.append((clip, _loader(source_of[clip])))
-            if labelled:
-                pools["sonicpi"].append((clip, cat))
-
-
-def _recording_clip(rec: recordings.Recording, rel: str, root: Path) -> tasks.Clip:
-    return tasks.Clip(rel, rec.package, "/" + rec.source.relative_to(root).as_posix(), rec.licence)
-
-
-def _loader(path: Path) -> Maker:
-    return lambda: recordings.load_clip(path)
 
 
 def _write_audio(

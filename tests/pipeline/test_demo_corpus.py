@@ -29,6 +29,7 @@ from pipeline.demo_corpus import (
     large,
     midi,
     packages,
+    plan,
     recordings,
     soundfont,
     tasks,
@@ -399,7 +400,7 @@ def test_large_plan_has_the_sources_and_test_splits_the_issue_asks(tmp_path):
     roots = build._fetch_all(cache, False, corpus, False, large.source_packages())
     planned: list = []
     pools: dict = {}
-    fonts = build._plan_instruments(spec, roots, planned, pools, corpus)
+    fonts = plan.plan_instruments(spec, roots, planned, pools, corpus)
     assert large.plan_packages(roots, planned, pools, corpus.problems) is not None
     large.plan_midi(roots, fonts, planned, pools)
     assert len({clip.source for clip, _ in planned}) >= 8 + 4
