@@ -231,3 +231,21 @@ def load_student(
     student.init_info = ckpt.get("init_info", {})
     model = AudioStudent(StudentFrontEnd(**ckpt["frontend"]), student).to(map_location).eval()
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def source_record(meta: dict[str, Any], path: Path, sha256: str) -> dict[str, Any]:
+    """What an export's JSON says of the student.pt it came from (``meta``: ``read_meta`` / ``load_student``)."""
+    return {
+        "student": meta["student"],
+        "frontend": meta["frontend"],
+        "teacher_id": meta["teacher_id"],
+        "teacher_dim": meta["teacher_dim"],
+        "backbone_dim": meta["backbone_dim"],
+        "checkpoint": {
+            "path": str(path.resolve()),
+            "sha256": sha256,
+            "code_version": meta.get("code_version"),
+            "created": meta.get("created"),
+            "extra": meta.get("extra", {}),
+        },
+    }

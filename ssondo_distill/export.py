@@ -32,7 +32,7 @@ from ssondo_cache.atomic import atomic_path, write_json
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 
 from . import export_check, export_onnx, quantize, ssondo_ckpt
-from .checkpoint import AudioStudent, load_student
+from .checkpoint import AudioStudent, load_student, source_record
 from .export_check import ExportError, ExportVerificationError, quiet_export
 from .ssondo_ckpt_export import export_ssondo_ckpt
 
@@ -226,18 +226,7 @@ def export_student(
             "front-end included" + ("" if shape["samples"] else "; this graph only runs at this exact shape"),
         },
         "output": {"name": what, "shape": [in_shape[0], _out_dim(model, what)]},
-        "student": meta["student"],
-        "frontend": meta["frontend"],
-        "teacher_id": meta["teacher_id"],
-        "teacher_dim": meta["teacher_dim"],
-        "backbone_dim": meta["backbone_dim"],
-        "checkpoint": {
-            "path": str(ckpt.resolve()),
-            "sha256": ckpt_sha,
-            "code_version": meta.get("code_version"),
-            "created": meta.get("created"),
-            "extra": meta.get("extra", {}),
-        },
+        **source_record(meta, ckpt, ckpt_sha),
         "verification": verification,
         "latency": latency,
         "versions": {"torch": torch.__version__, **(export_onnx.onnx_versions() if fmt == "onnx" else {})},

@@ -20,7 +20,7 @@ from ssondo_cache.atomic import atomic_path
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 
 from . import export_check
-from .checkpoint import load_student, write_torch
+from .checkpoint import load_student, source_record, write_torch
 from .ssondo_ckpt import SsondoCkptError, sliced, to_ssondo_ckpt
 
 
@@ -141,18 +141,7 @@ def export_ssondo_ckpt(
             "name": what,
             "shape": ["batch", model.backbone_dim if what == "embedding" else model.teacher_dim],
         },
-        "student": meta["student"],
-        "frontend": meta["frontend"],
-        "teacher_id": meta["teacher_id"],
-        "teacher_dim": meta["teacher_dim"],
-        "backbone_dim": meta["backbone_dim"],
-        "checkpoint": {
-            "path": str(checkpoint.resolve()),
-            "sha256": sha256_file(checkpoint),
-            "code_version": meta.get("code_version"),
-            "created": meta.get("created"),
-            "extra": meta.get("extra", {}),
-        },
+        **source_record(meta, checkpoint, sha256_file(checkpoint)),
         "verification": verification,
         "latency": latency,
         "versions": {"torch": torch.__version__, "ssondo": verified_with.split()[1] if load else None},
