@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.options import run_options
 from pipeline.ranks import detect_rank
 from pipeline.stopping import stops_cleanly
 from ssondo_distill.pretrain.config import PretrainConfig, load_pretrain_config
@@ -57,23 +58,7 @@ def pretrain() -> None:
     type=click.IntRange(min=0),
     help=f"Data-loader workers per rank {_default('num_workers')}.",
 )
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=1),
-    help=f"Steps between checkpoints {_default('checkpoint_every')}.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    help=f"cuda without a GPU is an error {_default('device')}.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    help=f"auto = bf16 autocast on CUDA, fp32 on CPU {_default('precision')}.",
-)
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@run_options(_default, "the model")
 @stops_cleanly("pretrain matpac", resume="run the same command with --resume")
 def matpac(
     work: Path, config_file: Path | None, mcl: bool | None, compile_: bool | None, no_progress: bool, **flags

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.options import run_options
 from pipeline.ranks import detect_rank
 from pipeline.stopping import stops_cleanly
 from ssondo_distill.config import TrainConfig, load_train_config
@@ -125,23 +126,7 @@ def _default(name: str) -> str:
 @click.option(
     "--val-every", type=click.IntRange(min=1), help=f"Steps between validations {_default('val_every')}."
 )
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=1),
-    help=f"Steps between checkpoints {_default('checkpoint_every')}.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    help=f"cuda without a GPU is an error {_default('device')}.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    help=f"auto = bf16 autocast on CUDA, fp32 on CPU {_default('precision')}.",
-)
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the student.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@run_options(_default, "the student")
 @stops_cleanly("train", resume="run the same command with --resume")
 def train(
     work: Path | None, config_file: Path | None, compile_: bool | None, no_progress: bool, **flags
