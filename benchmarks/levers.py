@@ -77,6 +77,41 @@ CELLS: dict[str, tuple[str, dict]] = {
         "as the random 8k cell did: a higher average than either",
         {"mixup_alpha": 0.0, "augment": None, "steps": 80 * STEPS, "manifest": "balanced-k50"},
     ),
+    "noaug_steps2k_balanced_lr2x": (
+        "stated in session 5 after noaug_steps2k_balanced: at 2,000 balanced steps the lr (0.002) limits; "
+        "0.004 reaches a lower validation distance and a higher average gain over the untrained twin",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 20 * STEPS, "manifest": "balanced-k50", "lr": 0.004},
+    ),
+    "noaug_steps2k_sub1k": (
+        "stated in session 5: 1,000 clips (a seeded subset of the random manifest, 32 passes) instead of "
+        "7,573 at the same 2,000 steps lower the average gain over the untrained twin below "
+        "noaug_steps2k's: the corpus size limits at this budget (if equal: steps, not data, limit)",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 20 * STEPS, "subset": 1000},
+    ),
+    "window_steps4k_balanced": (
+        "stated in session 5: window targets (0.96-s crops, each TS window its own target) cost about "
+        "half a 2-s step, so 4,000 balanced steps take about the wall of 2,000 clip steps and give a "
+        "higher average gain over the untrained twin than noaug_steps2k_balanced (probed at TS 0.96)",
+        {
+            "mixup_alpha": 0.0,
+            "augment": None,
+            "steps": 40 * STEPS,
+            "manifest": "balanced-k50",
+            "target": "window",
+        },
+    ),
+    "noaug_steps2k_balanced_mn10": (
+        "stated in session 5: capacity limits: the wider mn10 at the same 2,000 balanced "
+        "steps gives a higher average gain retention and gain over its own untrained twin than mn04, "
+        "for about 3x the train wall",
+        {
+            "mixup_alpha": 0.0,
+            "augment": None,
+            "steps": 20 * STEPS,
+            "manifest": "balanced-k50",
+            "student": "mn10",
+        },
+    ),
     "lr2x": ("lr 0.004 learns faster at this budget", {"lr": 0.004}),
     "mn10": ("a wider student (mn10) keeps more at the same steps, for more wall time", {"student": "mn10"}),
 }
@@ -115,7 +150,7 @@ def cell_config(name: str, work: Path, cache: str, out: Path) -> tuple[dict, flo
         "epochs": epochs,
         "batch_size": batch,
         "val_every": max(steps // 4, 1),
-        "checkpoint_every": steps,
+        "checkpoint_every": min(steps, 1000),  # a stopped long cell resumes instead of restarting
         "manifest": str(subset_manifest(work, subset, 0, out)) if subset else "random",
         **lever,
     }
