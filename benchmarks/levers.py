@@ -112,6 +112,12 @@ CELLS: dict[str, tuple[str, dict]] = {
             "student": "mn10",
         },
     ),
+    "noaug_steps2k_balanced_seed1": (
+        "stated in session 5 after noaug_steps2k_balanced_lr2x (-3.0 [-7.3, 1.6]): the +4.7 [0.9, 8.8] pp "
+        "of noaug_steps2k_balanced is not one seed's luck: training seed 1 (its own untrained twin) also "
+        "puts the average gain over the untrained twin above 0 beyond the CI",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 20 * STEPS, "manifest": "balanced-k50", "seed": 1},
+    ),
     "lr2x": ("lr 0.004 learns faster at this budget", {"lr": 0.004}),
     "mn10": ("a wider student (mn10) keeps more at the same steps, for more wall time", {"student": "mn10"}),
 }
