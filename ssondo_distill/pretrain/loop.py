@@ -1,7 +1,9 @@
 """`ssondo pretrain matpac`: the training loop. RUN folder as the student trainer's (run_state.py):
 config.json, checkpoints/step-N.pt, metrics.jsonl, curves.png, result.json, plus encoder.pt, the
 online encoder in the official MATPAC++ encoder-only layout (``ssondo extract --teacher matpac
---checkpoint RUN/encoder.pt``).
+--checkpoint RUN/encoder.pt``), and encoder-init.pt, the same encoder at step 0 (its random
+initialisation from the seed, written when a fresh run starts): the baseline a probe of the
+pretrained encoder is judged against.
 
 Exact resume as the student trainer's: the data of step s is a pure function of (seed, s) (the
 shared stream), masks come from a generator whose state every checkpoint holds, and a checkpoint
@@ -35,6 +37,8 @@ from ssondo_distill.pretrain.model import MatpacModel, describe_sizes
 from ssondo_distill.stream import BalancedStream, StreamConfig
 
 log = logging.getLogger(__name__)
+
+INIT_ENCODER = "encoder-init.pt"  # the encoder at step 0, in encoder.pt's layout
 
 NOT_IDENTITY = ("work", "out", "resume", "max_steps", "log_every", "checkpoint_every", "keep_checkpoints")
 NOT_IDENTITY += (
@@ -149,6 +153,8 @@ def pretrain(
             ),
         )  # fmt: skip
         run_state.truncate_metrics(run / "metrics.jsonl", step)
+        if resumed_from is None:
+            save_encoder(model, run / INIT_ENCODER)
     net: nn.Module = model
     if world_size > 1:
         net = nn.parallel.DistributedDataParallel(

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from ssondo_cache import lifecycle
 from ssondo_cache.extract import extract
+from ssondo_cache.typed_config import to_dict
 from ssondo_distill.pretrain import loop
 from ssondo_distill.pretrain.config import PretrainConfig, load_pretrain_config
 from ssondo_distill.pretrain.guards import CollapseGuard
@@ -123,6 +124,24 @@ def test_resume_after_a_stop_signal_ends_bitwise_equal(work, tmp_path, monkeypat
         pretrain(cfg(work, stopped, epochs=3, resume=True, seed=1), progress=False)
 
 
+def test_a_fresh_run_writes_its_step_0_encoder_as_the_random_init_baseline(work, tmp_path):
+    from ssondo_cache.teachers.matpac import build_matpac
+    from ssondo_distill.pretrain.model import MatpacModel
+
+    run, c = tmp_path / "run", cfg(work, tmp_path / "run", max_steps=2)
+    pretrain(c, progress=False)
+    init, trained = torch.load(run / loop.INIT_ENCODER, weights_only=True), encoder_state(run)
+    torch.manual_seed(c.seed)
+    seeded = MatpacModel(c).official_state_dict()  # the initialisation the seed alone gives
+    assert init.keys() == seeded.keys() == trained.keys()
+    assert all(torch.equal(init[k], seeded[k]) for k in init)
+    assert any(not torch.equal(init[k], trained[k]) for k in init if k.startswith("student_encoder."))
+    assert build_matpac(run / loop.INIT_ENCODER).embed_dim == 5 * 64  # strict load as the teacher
+    (run / loop.INIT_ENCODER).unlink()
+    pretrain(cfg(work, run, max_steps=4, resume=True), progress=False)
+    assert not (run / loop.INIT_ENCODER).exists()  # a resumed run is past step 0: nothing to write
+
+
 def test_collapse_guard_warns_once_per_kind(caplog):
     guard = CollapseGuard(min_usage_entropy=0.1, max_target_entropy=0.99, min_latent_std=0.05)
     healthy = {"usage_entropy": 0.8, "target_entropy": 0.5, "latent_std": 0.7}
@@ -143,6 +162,11 @@ def test_shipped_configs_load_and_the_command_runs(work, tmp_path):
         REPO / "configs" / "pretrain" / "matpac-vitb-gpu.yaml", {"work": "w", "out": "o"}
     )
     assert tiny.device == "cpu" and tiny.encoder.embed_dim // tiny.encoder.num_heads == 64
+    large = load_pretrain_config(
+        REPO / "configs" / "pretrain" / "matpac-tiny-large-cpu.yaml", {"work": "w", "out": "o"}
+    )
+    differ = {k for k, v in to_dict(large).items() if to_dict(tiny)[k] != v}
+    assert differ <= {"samples_per_epoch", "epochs", "log_every", "checkpoint_every"}  # its header's claim
     assert (vitb.encoder.embed_dim, vitb.encoder.depth, vitb.encoder.frames) == (768, 12, 608)
     assert vitb.mcl.enabled and vitb.predictor.mask_ratio == 0.7 and vitb.prototypes.prototypes == 2048
     assert PretrainConfig().lr == pytest.approx(3e-4)
