@@ -126,3 +126,47 @@ def test_two_ranks_at_once_end_like_one_process(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     pack([corpus], ref, **opts)
     assert tree_digest(work) == tree_digest(ref)
+
+
+def test_a_2000_shard_pack_resumes_from_stats_without_reading_a_shard(tmp_path: Path, monkeypatch) -> None:
+    """Issue 18 item 4: re-running pack over a finished 2,000-shard plan decides from one stat per tar
+    and sidecar: no shard is opened, none rebuilt (a synthetic plan: no audio needed)."""
+    import builtins
+
+    import ssondo_cache.pack as pack_mod
+    from ssondo_cache.plan import PackParams, Plan, PlanItem
+    from ssondo_cache.workspace import Workspace
+
+    params = PackParams(16000, "wav", 1, 0.1, None, False)
+    items = [
+        PlanItem(f"k{i:05d}", f"/nowhere/k{i:05d}.wav", "0" * 64, 0, 1600, 16000, 1, (), None)
+        for i in range(2000)
+    ]
+    plan = Plan(params, items, [], n_inputs=2000)
+    ws = Workspace(tmp_path / "work")
+    ws.shards_dir.mkdir(parents=True)
+    (ws.manifests_dir / "parts").mkdir(parents=True)
+    for s in range(plan.n_shards):
+        ws.shard_path(s).touch()
+        pack_mod.part_path(ws, s, plan.shard_fingerprint(s)).touch()
+    monkeypatch.setattr(pack_mod, "make_plan", lambda *a, **k: plan)
+    monkeypatch.setattr(pack_mod, "build_shard", lambda *a, **k: pytest.fail("a complete shard was rebuilt"))
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(ws.root) in str(file):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    result = pack(
+        [tmp_path], ws.root, sample_rate=16000, fmt="wav", shard_size=1, finalize=False, progress=False
+    )
+    assert (plan.n_shards, result.shards_skipped, result.shards_built, result.shards_missing) == (
+        2000,
+        2000,
+        0,
+        0,
+    )
+    assert opened == []

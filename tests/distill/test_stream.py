@@ -339,3 +339,46 @@ def test_allow_foreign_manifest_reaches_the_config_from_the_command_line():
     assert load_train_config(None, {"allow_foreign_manifest": True}).allow_foreign_manifest
     assert not load_train_config(None, {}).allow_foreign_manifest
     assert "--allow-foreign-manifest" in CliRunner().invoke(train, ["--help"]).output
+
+
+def test_a_2000_shard_corpus_starts_without_reading_every_shard(monkeypatch):
+    """Issue 18 item 4: the epoch plan and the first batch of a 2,000-shard corpus read only the
+    segments of the first shuffle window(s), never every shard (reads counted: no audio, no cache)."""
+    import ssondo_distill.stream as stream_mod
+    from ssondo_distill.training_data import CorpusView
+
+    n_shards, per_shard, dim = 2000, 5, 4
+    n = n_shards * per_shard
+    rng = np.random.default_rng(0)
+    clusters = rng.choice(20, n, p=np.arange(1, 21) / 210)  # skewed cluster sizes, as k-means gives
+    weights = 1.0 / np.bincount(clusters, minlength=20)[clusters]  # balanced: small clusters repeat
+    rows = np.arange(n)
+    table = sampling.make_table(
+        np.array([f"k{r:06d}" for r in rows], dtype=object), rows, rows // per_shard, weights, clusters
+    )
+    view = CorpusView(
+        shard_paths=tuple(f"/nowhere/clips-{s:06d}.tar" for s in range(n_shards)),
+        cache_path="",
+        shard_offsets=tuple(range(0, n + 1, per_shard)),
+        sample_rate=SR,
+        target="clip",
+        crop_samples=SR // 4,
+        window_hop=0,
+    )
+    reads: list[int] = []
+
+    def counted_read(view, store, table, segment):
+        reads.append(segment.shard)
+        k = len(segment.positions)
+        return [(b"", ".wav")] * k, np.zeros((k, dim), np.float32), None
+
+    monkeypatch.setattr(stream_mod, "read_segment", counted_read)
+    monkeypatch.setattr(stream_mod, "pcm16", lambda raw, ext: (np.zeros(SR // 2, np.int16), SR))
+    cfg = StreamConfig(seed=0, steps_per_epoch=n // 32, batch_size=32, workers=2, shuffle_buffer=200)
+    ds = BalancedStream(view, table, cfg)
+    ds.plan(0)
+    assert reads == []  # planning reads nothing
+    batch = next(iter(ds))
+    assert batch["audio"].shape == (32, SR // 4)
+    # reader 0's first shuffle window (200 samples) holds at most 200 segments, whatever the corpus size
+    assert 0 < len(set(reads)) <= len(reads) <= cfg.shuffle_buffer < n_shards
