@@ -223,20 +223,21 @@ class EfficientATFormat:
 
 @INIT_FORMATS.register(ssondo_ckpt.FORMAT)
 class SsondoCkptFormat:
-    """The ``ssondo`` package's ``.ckpt`` (``ssondo_ckpt``'s strict mapping) starts a MobileNetV3 student
-    of its width: the backbone loads strictly, the projection head too when it has the student's shape
-    (same teacher dimension), else it is dropped and said so."""
+    """The ``ssondo`` package's ``.ckpt`` (``ssondo_ckpt``'s strict mapping) starts a student of its
+    architecture (``ssondo_ckpt.architecture``: MobileNetV3 / DyMN of its width, ERes2Net of its depths):
+    the backbone loads strictly, the projection head too when it has the student's shape (same teacher
+    dimension), else it is dropped and said so."""
 
     def detect(self, obj: Any) -> bool:
         return ssondo_ckpt.is_ssondo_ckpt(obj)
 
     def load(self, student: Student, obj: Any, path: Path) -> Loaded:
         payload = ssondo_ckpt.student_payload(obj, path)
-        theirs = {k: payload["student"][k] for k in ("width_mult", "hidden_dim")}
-        mine = {k: student.config().get(k) for k in theirs}
-        if getattr(student.backbone, "family", None) != "mobilenetv3" or mine != theirs:
+        theirs = ssondo_ckpt.architecture(payload["extra"][ssondo_ckpt.FORMAT]["family"], payload["student"])
+        mine = ssondo_ckpt.architecture(getattr(student.backbone, "family", student.name), student.config())
+        if mine != theirs:
             raise InitMismatch(
-                f"{path}: an ssondo-package MobileNetV3 ({theirs}) cannot start student {student.name!r} ({mine})"
+                f"{path}: an ssondo-package student ({theirs}) cannot start student {student.name!r} ({mine})"
             )
         want = student.state_dict()
         head = sorted(k for k in payload["state_dict"] if k.startswith("head."))

@@ -1,14 +1,14 @@
 """The paper authors' checkpoint format (``.ckpt``, what their ``ssondo.get_ssondo(path)`` loads), both ways.
 
 Their file is a dict ``{training_config, state_dict, ...}`` (a Lightning checkpoint of their distillation
-system: their loader reads those two keys only). For a MobileNetV3 student, strictly:
+system: their loader reads those two keys only). For a MobileNetV3, DyMN or ERes2Net student, strictly:
 
     ours (student.pt)                      theirs (.ckpt)
-    backbone.features.*                    state_dict student_model.model.features.*
+    backbone.*                             state_dict student_model.model.* (same module names)
     head.0 / head.3 (Linear, Hardswish,    state_dict student_model.classification_head.mlp.0 / .3
-      Dropout, Linear)                       (same MLP; hidden width = EfficientAT's last_channel)
-    student width_mult, teacher_dim        training_config student_model {model_name, width_mult, ...},
-                                             classification_head {n_classes, hidden_features_size, ...}
+      Dropout, Linear)                       (same MLP)
+    student options, teacher_dim           training_config student_model {model_name, ...} (per family:
+                                             ``ssondo_ckpt_students``), classification_head {n_classes, ...}
     frontend (LogMelConfig, samples)       training_config preprocess.logmelspec (seconds) + student_model.sr
 
 What their model computes: audio is cut into ``slice_audio.win_len``-second windows every
@@ -16,7 +16,8 @@ What their model computes: audio is cut into ``slice_audio.win_len``-second wind
 gives zero segments, which their code does not survive), each window is embedded, and
 ``get_embeddings`` is the mean of the window embeddings; the output (their ``return_logits``) is the
 mean over windows of the MLP's output. Ours embeds the whole clip in one pass. Both agree exactly on a
-clip of one window; :func:`sliced` computes their slicing with our model.
+clip of one window; :func:`sliced` computes their slicing with our model. (Their DyMN takes clips of one
+window only: it does not fold the windows into the batch, so two or more raise in their code.)
 
 Settings one side cannot represent are refused, naming the setting (:class:`SsondoCkptError`).
 """
@@ -34,8 +35,16 @@ from ssondo_cache.logmel import LogMelConfig
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 from ssondo_cache.typed_config import to_dict
 
+from .ssondo_ckpt_students import (
+    SsondoCkptError,
+    StudentMap,
+    architecture,
+    refuse,
+    setting,
+    student_map,
+    their_family,
+)
 from .students import build_student
-from .students.mobilenetv3 import last_channel
 
 if TYPE_CHECKING:
     from .checkpoint import AudioStudent
@@ -56,23 +65,9 @@ FIXED_FRONTEND = {
     "norm_mean": 0.0,
     "norm_std": 1.0,
 }
-# MobileNetV3 settings of theirs that our MobileNetV3 has one value for.
-FIXED_MOBILENET = {
-    "reduced_tail": False,
-    "dilated": False,
-    "strides": [2, 2, 2, 2],
-    "relu_only": False,
-    "se_dims": "c",
-    "se_r": 4,
-}
 # Their MLP head as our projection: mean pooling over windows, no output activation.
 FIXED_HEAD = {"head_type": "mlp", "pooling": "mean", "last_activation": ""}
-WIDTH_NAMES = {1.0: "mn10", 0.5: "mn05", 0.4: "mn04"}  # EfficientAT's names, ours and theirs
 DROPOUT = 0.2  # their MLPClassifer's default (get_ssondo does not set it)
-
-
-class SsondoCkptError(ValueError):
-    """A student / .ckpt that the other side cannot represent (one line, naming the setting)."""
 
 
 def is_ssondo_ckpt(obj: Any) -> bool:
@@ -97,20 +92,8 @@ def to_ssondo_ckpt(model: AudioStudent, meta: Mapping[str, Any], slice_seconds: 
     ``load_student`` returns it: the projection already speaks the teacher's space, any target
     normalisation folded), slicing audio into ``slice_seconds`` windows."""
     student, fe = model.student, model.frontend.cfg
-    name = student.name
-    if getattr(student.backbone, "family", None) != "mobilenetv3":
-        raise SsondoCkptError(
-            f"student {name!r}: export to the ssondo package is implemented for MobileNetV3 students "
-            f"(mn04 / mn05 / mn10 / mobilenetv3) only"
-        )
-    opts = student.config()
-    width, hidden = float(opts["width_mult"]), int(opts["hidden_dim"])
-    if hidden != last_channel(width):
-        raise SsondoCkptError(
-            f"student {name!r} has head hidden_dim {hidden}; the ssondo package builds a MobileNetV3 head at "
-            f"EfficientAT's last_channel ({last_channel(width)} for width_mult {width:g}): train with the "
-            f"default hidden_dim (students trained before it was the default are 1280 wide)"
-        )
+    name, opts = student.name, student.config()
+    family = student_map(getattr(student.backbone, "family", name))
     for key, want in FIXED_FRONTEND.items():
         if getattr(fe, key) != want:
             what = (
@@ -135,15 +118,7 @@ def to_ssondo_ckpt(model: AudioStudent, meta: Mapping[str, Any], slice_seconds: 
         ours, theirs = next((o, t) for o, t in KEY_MAP if key.startswith(o))
         state[PREFIX + theirs + key[len(ours) :]] = value.detach().cpu().clone()
     config = {
-        "student_model": {
-            "model_name": name if name.startswith("mn") else f"mn_{width:g}",  # their loader keys on "mn"
-            "sr": sr,
-            "width_mult": width,
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in FIXED_MOBILENET.items()},
-            "input_dim_f": fe.n_mels,
-            "input_dim_t": fe.n_frames(window),  # used by frequency / time SE only
-            "se_agg": "max",
-        },
+        "student_model": {"sr": sr, **family.to_theirs(student, fe.n_mels, fe.n_frames(window))},
         "preprocess": {
             "logmelspec": {
                 "win_len": _seconds(fe.win_length, sr, "front-end win_length"),
@@ -158,7 +133,7 @@ def to_ssondo_ckpt(model: AudioStudent, meta: Mapping[str, Any], slice_seconds: 
         "classification_head": {
             **FIXED_HEAD,
             "n_classes": student.teacher_dim,
-            "hidden_features_size": hidden,
+            "hidden_features_size": int(opts["hidden_dim"]),
             "activation_att": None,
         },
     }
@@ -177,49 +152,32 @@ def to_ssondo_ckpt(model: AudioStudent, meta: Mapping[str, Any], slice_seconds: 
 # ---------------------------------------------------------------- theirs -> ours
 
 
-def _get(conf: Mapping[str, Any], dotted: str, path: Path) -> Any:
-    node: Any = conf
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise SsondoCkptError(f"{path}: training_config has no {dotted}, which the ssondo package needs")
-        node = node[part]
-    return node
-
-
-def _refuse(path: Path, setting: str, value: Any, why: str) -> SsondoCkptError:
-    return SsondoCkptError(f"{path}: {setting}={value!r} cannot be represented here ({why})")
-
-
-def _student_config(conf: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    model_name = str(_get(conf, "student_model.model_name", path))
-    if "dy" in model_name or "mn" not in model_name:  # their loader's own dispatch
-        family = "DyMN" if "dy" in model_name else "ERes2Net"
-        raise _refuse(path, "student_model.model_name", model_name, f"{family} students are not mapped yet")
-    for key, want in FIXED_MOBILENET.items():
-        got = _get(conf, f"student_model.{key}", path)
-        if (list(got) if isinstance(got, list | tuple) else got) != want:
-            raise _refuse(path, f"student_model.{key}", got, f"our MobileNetV3 has {key}={want!r}")
+def _student_config(
+    conf: Mapping[str, Any], family: StudentMap, path: Path, ours: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Our student options for their config (``ours``: what a file we exported recorded of its student)."""
     for key, want in FIXED_HEAD.items():
-        got = _get(conf, f"classification_head.{key}", path)
+        got = setting(conf, f"classification_head.{key}", path)
         if got != want:
-            raise _refuse(path, f"classification_head.{key}", got, f"our projection head is {key}={want!r}")
+            raise refuse(path, f"classification_head.{key}", got, f"our projection head is {key}={want!r}")
     norm = conf.get("preprocess", {}).get("normalize", {"mean": 0.0, "std": 1.0})
     if (norm.get("mean", 0.0), norm.get("std", 1.0)) != (0.0, 1.0):
-        raise _refuse(path, "preprocess.normalize", norm, "the ssondo package's get_ssondo does not apply it")
-    width = float(_get(conf, "student_model.width_mult", path))
+        raise refuse(path, "preprocess.normalize", norm, "the ssondo package's get_ssondo does not apply it")
+    options = family.from_theirs(conf, path, ours)
+    name = options.pop("name")
     return {
-        "name": WIDTH_NAMES.get(width, "mobilenetv3"),
-        "teacher_dim": int(_get(conf, "classification_head.n_classes", path)),
-        "width_mult": width,
-        "hidden_dim": last_channel(width),  # what their loader builds, whatever the config says
+        "name": name,
+        "teacher_dim": int(setting(conf, "classification_head.n_classes", path)),
+        **options,
+        "hidden_dim": family.hidden_dim(conf, path),  # what their loader builds
         "dropout": DROPOUT,
     }
 
 
 def _frontend_config(conf: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    sr = int(_get(conf, "student_model.sr", path))
-    mel = _get(conf, "preprocess.logmelspec", path)
-    win = int(np.round(sr * _get(conf, "preprocess.logmelspec.win_len", path)))
+    sr = int(setting(conf, "student_model.sr", path))
+    mel = setting(conf, "preprocess.logmelspec", path)
+    win = int(np.round(sr * setting(conf, "preprocess.logmelspec.win_len", path)))
     hop_s = mel.get("hop_len")
     hop = win // 2 if hop_s is None else int(np.round(sr * hop_s))  # their LogMelSpectrogram's rules
     f_max = mel.get("f_max")
@@ -229,7 +187,7 @@ def _frontend_config(conf: Mapping[str, Any], path: Path) -> dict[str, Any]:
         "n_fft": win,
         "win_length": win,
         "hop_length": hop,
-        "n_mels": int(_get(conf, "preprocess.logmelspec.n_mels", path)),
+        "n_mels": int(setting(conf, "preprocess.logmelspec.n_mels", path)),
         "f_min": float(mel.get("f_min", 0.0)),
         "f_max": float(sr // 2 if f_max is None else f_max),
     }
@@ -239,7 +197,9 @@ def _frontend_config(conf: Mapping[str, Any], path: Path) -> dict[str, Any]:
         raise SsondoCkptError(f"{path}: preprocess.logmelspec: {e}") from None
 
 
-def _state_dict(ckpt: Mapping[str, Any], student_cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+def _state_dict(
+    ckpt: Mapping[str, Any], student_cfg: dict[str, Any], extra_state: dict[str, float], path: Path
+) -> dict[str, Any]:
     theirs = {k[len(PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
     state: dict[str, Any] = {}
     foreign = []
@@ -252,13 +212,18 @@ def _state_dict(ckpt: Mapping[str, Any], student_cfg: dict[str, Any], path: Path
     cfg = dict(student_cfg)
     want = build_student(cfg.pop("name"), cfg.pop("teacher_dim"), **cfg).state_dict()
     if "_extra_state" in want:
-        state["_extra_state"] = want["_extra_state"]
-    missing = sorted(set(want) - set(state))
+        state["_extra_state"] = extra_state
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(want[k].shape)}" for k in want if k in state and
               isinstance(want[k], Tensor) and state[k].shape != want[k].shape]  # fmt: skip
     problems = [
         f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-        for what, keys in (("not a MobileNetV3 key", foreign), ("missing", missing), ("shape", shapes))
+        for what, keys in (
+            ("not a key of ours", foreign),
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape", shapes),
+        )
         if keys
     ]
     if problems:
@@ -270,10 +235,12 @@ def student_payload(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]
     """Their checkpoint as our student.pt payload (``checkpoint.load_student`` reads it as its own)."""
     path = Path(path)
     conf = ckpt["training_config"]
-    student = _student_config(conf, path)
-    frontend = _frontend_config(conf, path)
-    state = _state_dict(ckpt, student, path)
     ours = ckpt.get(PROVENANCE_KEY, {})  # a file we exported: its teacher is known
+    model_name = str(setting(conf, "student_model.model_name", path))
+    family = student_map(their_family(model_name))  # their loader's own dispatch
+    student = _student_config(conf, family, path, ours.get("student", {}))
+    frontend = _frontend_config(conf, path)
+    state = _state_dict(ckpt, student, family.extra_state(conf, path), path)
     slice_audio = conf.get("preprocess", {}).get("slice_audio")
     return {
         "format": "ssondo-student",
@@ -289,7 +256,8 @@ def student_payload(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]
         "extra": {
             FORMAT: {
                 "path": str(path),
-                "model_name": conf["student_model"]["model_name"],
+                "model_name": model_name,
+                "family": family.family,
                 "slice_audio": dict(slice_audio) if isinstance(slice_audio, Mapping) else None,
                 "target_norm_folded": ours.get("target_norm_folded"),
             }
@@ -319,6 +287,7 @@ def sliced(fn: Callable[[Tensor], Tensor], audio: Tensor, window: int, step: int
 __all__ = [
     "FORMAT",
     "SsondoCkptError",
+    "architecture",
     "is_ssondo_ckpt",
     "sliced",
     "student_payload",

@@ -22,6 +22,7 @@ from ssondo_cache.provenance import code_version, now_iso, sha256_file
 from . import export_check
 from .checkpoint import load_student, source_record, write_torch
 from .ssondo_ckpt import SsondoCkptError, sliced, to_ssondo_ckpt
+from .ssondo_ckpt_students import student_map
 
 
 def package_loader() -> Callable[[Path], Any] | None:
@@ -68,10 +69,11 @@ def export_ssondo_ckpt(
     except SsondoCkptError as e:
         raise SsondoCkptError(f"{checkpoint}: {e}") from None
     window = int(clip * sr)
+    one_window = student_map(model.student.backbone.family).one_window  # why longer clips fail in theirs
     gen = torch.Generator().manual_seed(0)
     inputs = [
         0.1 * torch.randn(1, window, generator=gen),
-        0.1 * torch.randn(2, window * 5 // 2, generator=gen),
+        0.1 * torch.randn(2, window if one_window else window * 5 // 2, generator=gen),
     ]
     load = package_loader()
     with export_check.torch_threads(threads), atomic_path(out) as tmp:
@@ -135,7 +137,8 @@ def export_ssondo_ckpt(
             "dtype": "float32",
             "sample_rate": sr,
             "note": f"ssondo.get_ssondo(path): audio is cut into {clip:g}-s windows (the tail dropped; a clip "
-            f"under {clip:g} s gives no segment), embedded per window and averaged",
+            f"under {clip:g} s gives no segment), embedded per window and averaged"
+            + (f"; clips of one window only ({one_window})" if one_window else ""),
         },
         "output": {
             "name": what,
