@@ -10,6 +10,7 @@ from typing import Any
 from ssondo_cache.typed_config import ConfigError, from_dict, load_config
 from ssondo_distill.losses import LOSSES
 from ssondo_distill.schedule import ScheduleConfig
+from ssondo_distill.students import REMOVED_OPTIONS
 
 TARGETS = ("clip", "window")
 TARGET_NORMS = ("none", "center", "standardize")
@@ -103,10 +104,6 @@ class TrainConfig:
                 "val_every, log_every, checkpoint_every and keep_checkpoints must be >= 1",
             ),
             (
-                self.init is None or "efficientat_weights" not in self.student_options,
-                "init and student_options.efficientat_weights both give starting weights: keep one",
-            ),
-            (
                 self.teacher_dim is None or (self.dry_run and self.teacher_dim >= 1),
                 f"teacher_dim ({self.teacher_dim}) is for a dry run (>= 1); a training reads it from its cache",
             ),
@@ -118,6 +115,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"TrainConfig: {message}")
+        removed = sorted(set(self.student_options) & set(REMOVED_OPTIONS))  # refused before any workspace
+        if removed:
+            raise ConfigError(
+                f"TrainConfig: student_options.{removed[0]}: no longer an option; {REMOVED_OPTIONS[removed[0]]}"
+            )
         if self.mixup_alpha > 0 and self.loss in LOSSES and not LOSSES.get(self.loss).mixup_ok:
             raise ConfigError(
                 f"TrainConfig: mixup (mixup_alpha {self.mixup_alpha}) with the contrastive loss "

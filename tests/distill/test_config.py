@@ -64,6 +64,15 @@ def test_overrides_win_and_unknown_keys_are_refused(tmp_path):
         ({"grad_clip": -1.0}, "grad_clip"),
         ({"loss": "clap", "mixup_alpha": 0.3}, "mixup .* contrastive loss 'clap'.*set mixup_alpha: 0"),
         ({"loss": "cluster_contrastive"}, "mixup_alpha 0.3. with the contrastive loss"),
+        # a removed option is refused when the config is read, pointing to what replaced it
+        (
+            {"student_options": {"efficientat_weights": "mn10_im.pt"}},
+            r"student_options.efficientat_weights: no longer an option; starting weights are given as `init: PATH`",
+        ),
+        (
+            {"student_options": {"efficientat_weights": "mn10_im.pt"}, "init": "mn10_im.pt"},
+            r"student_options.efficientat_weights: no longer an option",
+        ),
     ],
 )
 def test_bad_values_are_refused(overrides, message):
