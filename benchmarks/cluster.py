@@ -12,6 +12,7 @@ spreads, living in a 64-d subspace projected to D dimensions, plus isotropic noi
 
     .venv/bin/python benchmarks/cluster.py                  # 200k x 768 and 200k x 3840, CPU
     .venv/bin/python benchmarks/cluster.py --n 50000        # smaller
+    .venv/bin/python benchmarks/cluster.py --seeds 42,1,2   # ssondo at three seeds, MiniBatchKMeans at 42
     .venv/bin/python benchmarks/cluster.py --sample-sweep   # the default training sample, measured
     .venv/bin/python benchmarks/cluster.py --gpu            # also 2M x 3840 with FAISS on the GPU
     nice -n 15 .venv/bin/python benchmarks/cluster.py --threads 1   # a shared machine: compare CPU seconds
@@ -36,6 +37,7 @@ from ssondo_cache.kmeans import (
     INIT_PER_CENTROID,
     N_INIT,
     SEED_BUDGET,
+    SWAP_MOVES,
     assign,
     kmeans,
 )
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--dims", default="768,3840", help="comma-separated dimensions (default 768,3840)")
     ap.add_argument("--k", type=int, default=50, help="clusters (default 50)")
     ap.add_argument("--seed", type=int, default=42, help="random_state of both (default 42, the reference's)")
+    ap.add_argument("--seeds", default=None, help="ssondo's seeds, comma-separated (default: --seed); "
+                    "MiniBatchKMeans runs once, at --seed")  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS/OpenMP threads of both")
     ap.add_argument("--sample-sweep", action="store_true", help="measure the training sample's cost instead")
     ap.add_argument("--gpu", action="store_true", help="also time FAISS on the GPU on --gpu-n x 3840")
@@ -127,9 +131,9 @@ def main() -> None:
     print(f"sklearn = MiniBatchKMeans({', '.join(f'{a}={v!r}' for a, v in REFERENCE.items())})")
     print(f"ssondo = ssondo_cache.kmeans.kmeans defaults: {SAMPLE_PER_CENTROID} training points per centroid, "
           f"up to {N_INIT} seedings (<= {INIT_MAX_ITER} Lloyd iterations each, in 2k principal directions) on "
-          f"max({INIT_MIN}, {INIT_PER_CENTROID} k) points within {SEED_BUDGET} training-set iterations, every "
-          "point assigned")  # fmt: skip
-    header = f"{'n x d':>14} {'sklearn s':>10} {'ssondo s':>9} {'speed-up':>9} {'CPU s':>13} {'CPU speed-up':>13} {'sklearn inertia':>16} {'ssondo inertia':>15} {'inertia ratio':>14} {'iters':>6}"
+          f"max({INIT_MIN}, {INIT_PER_CENTROID} k) points, then up to {SWAP_MOVES} swap moves, within "
+          f"{SEED_BUDGET} training-set iterations, every point assigned")  # fmt: skip
+    header = f"{'n x d':>14} {'sklearn s':>10} {'ssondo s':>9} {'speed-up':>9} {'CPU s':>13} {'CPU speed-up':>13} {'sklearn inertia':>16} {'ssondo inertia':>15} {'inertia ratio':>14} {'iters':>6} {'seed':>5}"
     if not args.sample_sweep:
         print(header)
     for d in (int(x) for x in args.dims.split(",")):
@@ -139,14 +143,15 @@ def main() -> None:
             sample_sweep(X, args.k, args.seed, [128, 256, 512, 1024])
             continue
         t_sk, u_sk, c_sk = run_sklearn(X, args.k, args.seed, args.threads)
-        t_ss, u_ss, c_ss, iters = run_ssondo(X, args.k, args.seed, "cpu")
-        i_sk, i_ss = inertia(X, c_sk), inertia(X, c_ss)
-        cpu = f"{u_sk:.1f}/{u_ss:.2f}"
-        print(
-            f"{f'{args.n} x {d}':>14} {t_sk:10.1f} {t_ss:9.2f} {t_sk / t_ss:8.2f}x {cpu:>13} {u_sk / u_ss:12.2f}x "
-            f"{i_sk:16.6g} {i_ss:15.6g} {i_ss / i_sk:14.4f} {iters:6d}",
-            flush=True,
-        )
+        i_sk = inertia(X, c_sk)
+        for seed in [int(s) for s in (args.seeds or str(args.seed)).split(",")]:
+            t_ss, u_ss, c_ss, iters = run_ssondo(X, args.k, seed, "cpu")
+            i_ss, cpu = inertia(X, c_ss), f"{u_sk:.1f}/{u_ss:.2f}"
+            print(
+                f"{f'{args.n} x {d}':>14} {t_sk:10.1f} {t_ss:9.2f} {t_sk / t_ss:8.2f}x {cpu:>13} "
+                f"{u_sk / u_ss:12.2f}x {i_sk:16.6g} {i_ss:15.6g} {i_ss / i_sk:14.4f} {iters:6d} {seed:5d}",
+                flush=True,
+            )
         del X
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
     if args.gpu:

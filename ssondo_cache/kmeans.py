@@ -13,15 +13,19 @@ Choices that are deliberate, not accidents:
 - Seeding is greedy k-means++ (the variant scikit-learn uses: 2 + ln k candidates per step, keep the one
   that lowers the potential most), vectorised with one GEMM per step. FAISS 1.15's own k-means++ is a
   plain single-threaded D^2 sampler over every point. Seeding runs on a fixed random subset of
-  max(INIT_MIN, INIT_PER_CENTROID k) training points, projected onto its top 2k principal directions
+  max(INIT_MIN, INIT_PER_CENTROID k) training points (more where the budget allows: seeding_size),
+  projected onto its top 2k principal directions
   (pca_basis; k-means' optimum lives near the span of k centroids, and projecting onto 2k directions is
   known to keep the objective within a small factor), so a restart costs 2k/D of a full-width one. Up to
   N_INIT seedings, each k-means++ + at most INIT_MAX_ITER Lloyd iterations there, as many as fit
   SEED_BUDGET Lloyd iterations on the training set (small training sets get fewer: a 10k-point cluster
-  once spent 32 full-width restarts on half its points, 115 s under load); the lowest inertia there is
-  lifted to full-D cluster means and refined on the training sample. Many cheap restarts are what reaches
-  MiniBatchKMeans' inertia: on benchmarks/cluster.py's data, single full-data Lloyd runs ended 1.9-2.5 %
-  above it, best of 4 on 20k points +0.8 to +1.1 %, best of 32 on 5k points -0.5 %.
+  once spent 32 full-width restarts on half its points, 115 s under load). The best seeding then takes
+  up to SWAP_MOVES swap moves there (kmeans_search.swap_search: the least useful centroid splits the
+  costliest cluster, kept when the seeding-subset inertia drops; SWAP_PATIENCE rejections in a row end
+  it), inside the same budget; the result is lifted to full-D cluster means and refined on the training
+  sample. Restarts alone left a poorer optimum than MiniBatchKMeans' at some seeds (best of 32 on 5k
+  points: -0.5 % to +0.3 % at d768, +1.7 % at d3840); swap moves are what reaches below it (measured:
+  docs/results/scale.md).
 - Iterations stop when the objective improves by less than `tol` (relative), at most `max_iter`.
 - Assignment searches tiles of ASSIGN_TILE consecutive points whatever blocks they arrive in, so a
   cache streamed one tar shard at a time is labelled exactly as the whole array at once.
@@ -41,15 +45,18 @@ from tqdm.auto import tqdm
 
 from ssondo_cache.devices import pick_device
 from ssondo_cache.kmeans_sample import default_sample, sample_indices, sample_rng
+from ssondo_cache.kmeans_search import kmeans_plusplus, pca_basis, swap_search
 
 log = logging.getLogger(__name__)
 
-INIT_MIN, INIT_PER_CENTROID = 5_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points
+INIT_MIN, INIT_PER_CENTROID = 5_000, 100  # seeding subset: max(INIT_MIN, INIT_PER_CENTROID k) points ...
+INIT_MAX_PER_CENTROID = 400  # ... grown up to this many per centroid where the full plan fits (seeding_size)
 N_INIT = 32  # most seedings tried on the seeding subset (each: k-means++ + capped Lloyd there) ...
-SEED_BUDGET = 16  # ... as many as cost at most this many Lloyd iterations on the training set ...
+SEED_BUDGET = 12  # ... as many as cost at most this many Lloyd iterations on the training set ...
 N_INIT_MIN = 4  # ... but never fewer (on tiny inputs the budget would allow one; they cost nothing)
 INIT_MAX_ITER = 20  # Lloyd iterations per seeding, at most
 INIT_DIMS_PER_CENTROID = 2  # seedings run in the top 2k principal directions of the seeding subset
+SWAP_MOVES, SWAP_PATIENCE = 24, 6  # then swap moves from the best seeding (kmeans_search), in the budget
 SEED_THREADS = 1  # FAISS threads while seeding (small problems)
 ASSIGN_TILE = 4096  # points per assignment search (a (4096, 3840) float32 tile is 63 MB)
 
@@ -108,30 +115,6 @@ def l2_normalize_(X: np.ndarray, block: int = 65536) -> np.ndarray:
         scale = np.where(np.abs(norms - 1.0) < 1e-6, 1.0, 1.0 / np.maximum(norms, 1e-12))
         xb *= scale.astype(np.float32)[:, None]
     return X
-
-
-def kmeans_plusplus(
-    X: np.ndarray, k: int, rng: np.random.Generator, n_trials: int | None = None
-) -> tuple[np.ndarray, float]:
-    """Greedy k-means++ seeding. X (m, D) float32 -> (indices (k,) of the seed points, their potential:
-    the sum of squared distances of X to the nearest seed)."""
-    m = len(X)
-    t = n_trials or 2 + int(math.log(k))
-    sq = np.einsum("ij,ij->i", X, X)  # (m,)
-    chosen = [int(rng.integers(m))]
-    closest = np.maximum(sq - 2.0 * (X @ X[chosen[0]]) + sq[chosen[0]], 0.0)  # (m,) squared distance to seeds
-    for _ in range(1, k):
-        cum = np.cumsum(closest, dtype=np.float64)  # (m,)
-        if cum[-1] <= 0:  # fewer distinct points than k: any unchosen point will do
-            cand = rng.choice(np.setdiff1d(np.arange(m), chosen), size=1)
-        else:
-            cand = np.minimum(np.searchsorted(cum, rng.random(t) * cum[-1], side="right"), m - 1)  # (t,)
-        d2 = np.maximum(sq[:, None] - 2.0 * (X @ X[cand].T) + sq[cand][None, :], 0.0)  # (m, t)
-        np.minimum(d2, closest[:, None], out=d2)
-        best = int(np.argmin(d2.sum(axis=0, dtype=np.float64)))
-        chosen.append(int(cand[best]))
-        closest = np.ascontiguousarray(d2[:, best])
-    return np.asarray(chosen, dtype=np.int64), float(closest.sum(dtype=np.float64))
 
 
 def _lloyd(
@@ -246,20 +229,6 @@ class Trained:
     init_dims: int = 0  # dimensions they ran in
 
 
-def pca_basis(
-    X: np.ndarray, p: int, rng: np.random.Generator, power: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-p principal directions of X (m, D) by a randomised range finder (`power` power iterations):
-    (mean (D,), basis V (D, p) with orthonormal columns). Cost: about 2 (power + 1) m D (p + 10) flops."""
-    mu = X.mean(axis=0, dtype=np.float64).astype(np.float32)  # (D,)
-    Xc = X - mu  # (m, D)
-    q, _ = np.linalg.qr(Xc @ rng.standard_normal((X.shape[1], p + 10)).astype(np.float32))  # (m, p+10)
-    for _ in range(power):
-        q, _ = np.linalg.qr(Xc @ (Xc.T @ q))
-    vt = np.linalg.svd(q.T @ Xc, full_matrices=False)[2]  # (p+10, D)
-    return mu, np.ascontiguousarray(vt[:p].T)
-
-
 def seeding_dims(m: int, d: int, k: int) -> int:
     """Dimensions the seedings of m points in D run in: INIT_DIMS_PER_CENTROID k principal directions,
     or all D when that many (plus the range finder's 10 spare) would not be fewer than min(m, D)."""
@@ -267,27 +236,41 @@ def seeding_dims(m: int, d: int, k: int) -> int:
     return p if p + 10 <= min(m, d) else d
 
 
-def seeding_restarts(nt: int, d: int, m: int, p: int, k: int) -> int:
-    """Seedings that fit SEED_BUDGET: each costs about m p k (2 + ln k + INIT_MAX_ITER + 1) (k-means++,
-    capped Lloyd and scoring on m points in p dims), the budget SEED_BUDGET Lloyd iterations on the
-    training set (nt d k). Between N_INIT_MIN and N_INIT."""
-    per_try = m * p * (2 + int(math.log(k)) + INIT_MAX_ITER + 1)
-    return int(min(N_INIT, max(N_INIT_MIN, SEED_BUDGET * nt * d // per_try)))
+def seeding_plan(nt: int, d: int, m: int, p: int, k: int, n_init: int | None = None) -> tuple[int, int]:
+    """(seedings, swap moves) that fit SEED_BUDGET Lloyd iterations on the training set (nt d k): a seeding
+    costs about m p k (2 + ln k + INIT_MAX_ITER + 1) (k-means++, capped Lloyd and scoring on m points in
+    p dims), a swap move m p k (INIT_MAX_ITER + 1). Swap moves come first (up to SWAP_MOVES, at most half
+    the budget), seedings get the rest (between N_INIT_MIN and N_INIT, unless `n_init` is given)."""
+    budget = SEED_BUDGET * nt * d // (m * p)  # Lloyd iterations on the seeding subset
+    moves = min(SWAP_MOVES, budget // 2 // (INIT_MAX_ITER + 1))
+    left = (budget - moves * (INIT_MAX_ITER + 1)) // (2 + int(math.log(k)) + INIT_MAX_ITER + 1)
+    return (int(min(N_INIT, max(N_INIT_MIN, left))) if n_init is None else n_init), int(moves)
 
 
-def seed_centroids(
-    Xi: np.ndarray, k: int, n_init: int, rng: np.random.Generator, seed: int, tol: float, progress: bool
-) -> tuple[np.ndarray, int]:
+def seeding_size(nt: int, d: int, k: int) -> int:
+    """Seeding-subset size by default: max(INIT_MIN, INIT_PER_CENTROID k) points, grown (up to
+    INIT_MAX_PER_CENTROID k) while N_INIT seedings and SWAP_MOVES moves on it still fit SEED_BUDGET: wide
+    points leave budget to spare, and a larger subset ranks the seedings closer to all points."""
+    lo = max(INIT_MIN, INIT_PER_CENTROID * k)
+    plan = N_INIT * (2 + int(math.log(k)) + INIT_MAX_ITER + 1) + SWAP_MOVES * (INIT_MAX_ITER + 1)
+    fit = SEED_BUDGET * nt * d // (seeding_dims(lo, d, k) * plan)
+    return int(max(lo, min(fit, INIT_MAX_PER_CENTROID * k)))
+
+
+def seed_centroids(Xi: np.ndarray, k: int, n_init: int, moves: int, rng: np.random.Generator, seed: int,
+                   tol: float, progress: bool) -> tuple[np.ndarray, int]:  # fmt: skip
     """Best of n_init seedings of the seeding subset Xi (m, D): greedy k-means++ then at most INIT_MAX_ITER
     Lloyd iterations, in the top p principal directions of Xi (seeding_dims: 2k, or all D when small);
-    the lowest inertia there wins and becomes full-D means of its clusters. -> ((k, D) float32, p).
+    the lowest inertia there, improved by up to `moves` swap moves (kmeans_search.swap_search, each
+    settled by the same capped Lloyd), becomes full-D means of its clusters. -> ((k, D) float32, p).
     One FAISS thread: these are small problems, where OpenMP barriers on busy cores cost more than they
     save (10k x 768 before: 7 s with one thread, 54 s with two on a loaded 2-core machine). On the CPU:
     the GPU is for the big runs."""
     m, d = Xi.shape
     p = seeding_dims(m, d, k)
     project = p < d
-    mu, V = pca_basis(Xi, p, rng) if project else (None, None)
+    step = max(1, m // max(INIT_MIN, INIT_PER_CENTROID * k))  # the basis needs no more rows than the default
+    mu, V = pca_basis(Xi[::step], p, rng) if project else (None, None)
     Z = np.ascontiguousarray((Xi - mu) @ V) if project else Xi  # (m, p)
     if n_init == 1:
         return np.ascontiguousarray(Xi[kmeans_plusplus(Z, k, rng)[0]], dtype=np.float32), Z.shape[1]
@@ -301,7 +284,14 @@ def seed_centroids(
             c, _ = _lloyd(Z, c, index, False, seed, INIT_MAX_ITER, tol, progress, f"seeding {r + 1}/{n_init}")
             score = float(assign(Z, c, index=l2)[1].sum(dtype=np.float64))
             best = (score, c) if best is None or score < best[0] else best
-        labels = assign(Z, best[1], index=l2)[0]  # (m,)
+        c = best[1]
+        if moves:
+
+            def settle(start: np.ndarray) -> np.ndarray:  # a move settles like a seeding: capped Lloyd
+                return _lloyd(Z, start, index, False, seed, INIT_MAX_ITER, tol, False, "")[0]
+
+            c = swap_search(Z, c, settle, moves, SWAP_PATIENCE, rng)[0]
+        labels = assign(Z, c, index=l2)[0]  # (m,)
     finally:
         faiss.omp_set_num_threads(threads)
     onehot = np.zeros((k, m), np.float32)
@@ -309,7 +299,7 @@ def seed_centroids(
     counts = onehot.sum(axis=1)  # (k,)
     full = onehot @ Xi / np.maximum(counts, 1.0)[:, None]  # (k, D) means of each cluster's points
     if (counts == 0).any():  # a centroid that lost every point keeps its seeding-space position
-        back = best[1] @ V.T + mu if project else best[1]
+        back = c @ V.T + mu if project else c
         full[counts == 0] = back[counts == 0]
     return np.ascontiguousarray(full, dtype=np.float32), Z.shape[1]
 
@@ -330,12 +320,12 @@ def train(
     """Seed (`seed` on a seeding subset) and run Lloyd on all of Xt (nt, D) float32 (already normalised
     when `normalize`)."""
     nt, d = Xt.shape
-    m = max(INIT_MIN, INIT_PER_CENTROID * k) if init_sample is None else init_sample or nt
+    m = seeding_size(nt, d, k) if init_sample is None else init_sample or nt
     m = nt if m >= nt else max(m, k)
-    n_init = seeding_restarts(nt, d, m, seeding_dims(m, d, k), k) if n_init is None else n_init
+    n_init, moves = seeding_plan(nt, d, m, seeding_dims(m, d, k), k, n_init)
     init_idx = sample_indices(nt, m, rng)
     Xi = Xt if init_idx is None else Xt[init_idx]
-    c, dims = seed_centroids(Xi, k, n_init, rng, seed, tol, progress)
+    c, dims = seed_centroids(Xi, k, n_init, moves, rng, seed, tol, progress)
     if normalize:
         l2_normalize_(c)
     index = _flat_index(d, device, inner_product=normalize)  # Lloyd's assignments (cosine when spherical)
@@ -374,10 +364,11 @@ def kmeans(
 
     normalize: L2-normalise rows and run spherical k-means (unit centroids, cosine assignment).
     sample: train on this many random points (None: default_sample(k, D); 0: all); every point is assigned.
-    init_sample: seed on this many random training points; None: max(INIT_MIN, INIT_PER_CENTROID k); 0: all.
+    init_sample: seed on this many random training points; None: seeding_size(...) (at least
+        max(INIT_MIN, INIT_PER_CENTROID k)); 0: all.
     n_init: with n_init > 1, run n_init seedings + capped Lloyd on the seeding subset (in its top 2k
-        principal directions) and refine the best one on the whole training set; None: as many as fit
-        SEED_BUDGET (seeding_restarts), at most N_INIT.
+        principal directions), then swap moves from the best one, and refine it on the whole training
+        set; None: as many as fit SEED_BUDGET next to the swap moves (seeding_plan), at most N_INIT.
     copy: False lets normalize work in place on X (saves memory on big caches).
     """
     t0 = time.perf_counter()

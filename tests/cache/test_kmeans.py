@@ -96,9 +96,10 @@ def test_gpu_matches_cpu():
 
 def test_seeding_work_is_bounded_and_single_threaded(monkeypatch):
     """A 10k-point cluster used to spend 32 full-width seedings of up to 100 Lloyd iterations each on
-    half of its points (115 s under load): the seeding now costs at most SEED_BUDGET Lloyd iterations
-    on the training set, counted here from every k-means++ and Lloyd call (this case fits more than
-    N_INIT_MIN seedings but not N_INIT), and runs on one FAISS thread."""
+    half of its points (115 s under load): the seeding (k-means++ and capped Lloyd per seeding, then the
+    swap moves, each a capped Lloyd) now costs at most SEED_BUDGET Lloyd iterations on the training set,
+    counted here from every k-means++ and Lloyd call (this case fits more than N_INIT_MIN seedings but
+    not N_INIT, next to SWAP_MOVES moves), and runs on one FAISS thread."""
     calls: list[tuple[str, int, int, int, int]] = []  # (kind, rows, dims, iterations or trials, threads)
     real_pp, real_lloyd = km.kmeans_plusplus, km._lloyd
 
@@ -115,7 +116,7 @@ def test_seeding_work_is_bounded_and_single_threaded(monkeypatch):
     monkeypatch.setattr(km, "kmeans_plusplus", pp)
     monkeypatch.setattr(km, "_lloyd", lloyd)
     X, _ = blobs([4000, 3000, 2000, 600, 300, 100] * 2, d=128, spread=2.0, seed=7)  # 20k points
-    nt, d, k = 10_000, X.shape[1], 10
+    nt, d, k = 16_000, X.shape[1], 10
     faiss.omp_set_num_threads(2)
     try:
         res = kmeans(
@@ -128,7 +129,11 @@ def test_seeding_work_is_bounded_and_single_threaded(monkeypatch):
     assert all(c[4] == km.SEED_THREADS == 1 for c in calls)
     work = sum(rows * dims * n for _, rows, dims, n, _ in calls)
     assert km.SEED_BUDGET <= 16 and work <= km.SEED_BUDGET * nt * d
-    assert km.N_INIT_MIN < sum(c[0] == "pp" for c in calls) < km.N_INIT  # fewer where they would not fit
+    seedings = sum(c[0] == "pp" for c in calls)
+    assert km.N_INIT_MIN < seedings < km.N_INIT  # fewer where they would not fit
+    moves = sum(c[0] == "lloyd" for c in calls) - seedings  # Lloyd runs that follow no k-means++
+    n_init, plan = km.seeding_plan(nt, d, res.init_points, km.seeding_dims(res.init_points, d, k), k)
+    assert seedings == n_init and 0 < moves <= plan <= km.SWAP_MOVES  # the swap moves ran, within plan
     assert res.train_points == nt
 
 
@@ -145,3 +150,16 @@ def test_pca_basis_spans_a_low_rank_subspace_and_seeding_runs_there():
     assert fit.init_dims == 2 * 5 and fit.n_init == 4
     labels = km.assign(Xb, fit.centroids)[0]
     assert skm.adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_seeding_subset_grows_where_the_budget_allows():
+    """Wide points (MATPAC++/M2D's 3840) leave seeding budget to spare on the default subset: it grows (up to
+    INIT_MAX_PER_CENTROID k) to where N_INIT seedings and SWAP_MOVES swap moves just fit SEED_BUDGET."""
+    nt, k = 51_200, 50  # benchmarks/cluster.py's training sample
+    base = max(km.INIT_MIN, km.INIT_PER_CENTROID * k)
+    assert km.seeding_size(nt, 768, k) == base
+    m = km.seeding_size(nt, 3840, k)
+    assert base < m <= km.INIT_MAX_PER_CENTROID * k
+    assert km.seeding_plan(nt, 3840, m, km.seeding_dims(m, 3840, k), k) == (km.N_INIT, km.SWAP_MOVES)
+    assert km.seeding_plan(nt, 3840, m + 100, km.seeding_dims(m, 3840, k), k)[0] < km.N_INIT  # just fits
+    assert km.seeding_size(10**9, 3840, k) == km.INIT_MAX_PER_CENTROID * k
