@@ -60,7 +60,7 @@ def _dymn(
     name: str,
     teacher_dim: int,
     width_mult: float = 1.0,
-    hidden_dim: int = 1280,
+    hidden_dim: int | None = None,
     dropout: float = 0.2,
     temperature_max: float = 30.0,
     temperature_min: float = 1.0,
@@ -68,7 +68,10 @@ def _dymn(
     temperature_slope1: float = 0.02,
 ) -> Student:
     """``temperature_*``: the attention-temperature schedule over epochs; start from
-    ``temperature_max=1`` when fine-tuning weights trained to the end of it (``dymn*_as``)."""
+    ``temperature_max=1`` when fine-tuning weights trained to the end of it (``dymn*_as``).
+    ``hidden_dim`` None = EfficientAT's last_channel, as for MobileNetV3 (the authors' package
+    builds DyMN heads at that width only)."""
+    hidden_dim = last_channel(width_mult) if hidden_dim is None else int(hidden_dim)
     sched = TemperatureSchedule(temperature_max, temperature_min, temperature_slope0, temperature_slope1)
     opts = dict(
         width_mult=width_mult,

@@ -267,6 +267,18 @@ def test_mobilenetv3_head_width_is_efficientats_last_channel(name: str, layout: 
     assert build_student(**other.config()).head[0].out_features == 48
 
 
+def test_dymn_head_width_is_efficientats_last_channel() -> None:
+    """DyMN's head also defaults to last_channel: dymn10 matches the official dymn10_as classifier
+    (960 -> 1280 -> 527), dymn04 is 512 wide (the width the authors' package rebuilds)."""
+    official = json.loads(LAYOUTS.read_text())["efficientat_dymn10_as"]
+    s = build_student("dymn10", 527)
+    assert tuple(s.head[0].weight.shape) == tuple(official["classifier.2.weight"])
+    assert tuple(s.head[3].weight.shape) == tuple(official["classifier.5.weight"])
+    small = build_student("dymn04", 8)
+    assert small.head[0].out_features == 512 and small.config()["hidden_dim"] == 512
+    assert build_student("dymn04", 8, hidden_dim=1280).head[0].out_features == 1280  # old files
+
+
 def test_older_1280_wide_mn04_checkpoint_still_loads(tmp_path: Path) -> None:
     """student.pt files written before the default became last_channel record hidden_dim 1280:
     they rebuild 1280 wide and load strictly."""
