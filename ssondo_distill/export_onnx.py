@@ -5,7 +5,7 @@ complex tensors, so ``RealStftLogMel`` computes the eager log-mel from the same 
 banks with the real-valued STFT output, which maps to ONNX's STFT op (opset 17).
 
 int8: static quantisation of the convolutions and Linear layers, calibrated on packed clips
-(``quantize.quantize_onnx``); the front-end (STFT, mel banks, log) stays fp32.
+(``quantize_onnx``); the front-end (STFT, mel banks, log) and ``quantize.KEEP_FP32`` stay fp32.
 
 ``onnx`` and ``onnxruntime`` are imported inside the functions that use them. This module builds
 on ``export`` (its errors and warning filters); ``export`` imports it when it runs.
@@ -73,7 +73,7 @@ def export_onnx(
     ``calibration`` (N, S) clips when given.
 
     -> ((int8 weight layers, of which convolutions), whether the samples axis is dynamic)."""
-    from .quantize import quantize_onnx
+    from .quantize_onnx import quantize_onnx
 
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmpdir:
         fp32 = Path(tmpdir) / "fp32.onnx" if calibration is not None else path
@@ -81,7 +81,7 @@ def export_onnx(
             samples_dynamic = _onnx_export(deploy, example, fp32, batch_dynamic, what)
         if calibration is None:
             return (0, 0), samples_dynamic
-        return quantize_onnx(fp32, path, calibration), samples_dynamic
+        return quantize_onnx(fp32, path, calibration, deploy), samples_dynamic
 
 
 def load_onnx(path: Path) -> Callable[[Tensor], np.ndarray]:

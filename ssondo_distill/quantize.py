@@ -12,15 +12,23 @@ into a saturating int16 (vpmaddubsw); 255 x 64 x 2 fits, 255 x 128 x 2 does not,
 depend on the CPU's ISA. torch's own "x86" qconfig avoids it with 7-bit activations instead, which
 measured worse on the demo's trained mn04 (per-clip cosine of the embedding to fp32 on 8 held-out
 2-s demo clips: min 0.969, mean 0.993; 8-bit activations with per-tensor 8-bit weights: min 0.995,
-mean 0.998; this module's choice, on the projection: min 0.994, mean 0.998).
+mean 0.998; 7-bit per-channel weights, on the projection: min 0.994, mean 0.998).
+
+Not every layer is worth its error: ``KEEP_FP32`` names the roles left in fp32 (the first
+convolution, whose input is the log-mel itself; the activation the embedding pools; the head's last
+Linear, whose output is the export's output) and ``KEEP_FP32_OPS`` the ops (the mean pooling),
+chosen by putting one part at a time back to int8 (``benchmarks/export.py --sensitivity``) on a
+trained mn04 (/tmp/lever noaug_steps2k_balanced; projection, 2-s crops; per-clip cosine to fp32,
+min / mean): everything int8 0.890 / 0.982 on 32 held-out clips (32 calibrating), 0.835 / 0.971 on 16
+(64 calibrating); this choice 0.997 / 0.9997 and 0.972 / 0.9978. Put back to int8, the stem alone
+costs the most (0.890 / 0.986, 0.869 / 0.977), then the output Linear (0.979 / 0.996, 0.972 / 0.995);
+the pooled activation and the mean change little (<= 1e-4 in mean); the squeeze-excitation gates
+nothing (so they are int8). The kept layers are a small share of the compute.
 
 TorchScript: torch.ao's FX flow (``prepare_fx`` / ``convert_fx``, histogram observers for the
 activations, the x86 mapping's fixed ranges for sigmoid-like ops). The front-end stays fp32 (not
 traced, not quantised): an int8 mel would change every input the student sees. PT2E is not used:
-in torch 2.14 it lives in ``torchao``, not a dependency here.
-
-ONNX: onnxruntime's ``quantize_static`` (QDQ, min-max ranges, ``reduce_range`` = the 7-bit
-weights), every node upstream of the first convolution (the STFT front-end) excluded.
+in torch 2.14 it lives in ``torchao``, not a dependency here. ONNX: ``quantize_onnx``.
 
 Rounding still differs between kernels (fbgemm, MLAS, per ISA): the int8 output is not
 bit-identical across machines; what holds everywhere is its agreement with fp32 (the cosine).
@@ -30,8 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +150,47 @@ def calibration_set(work: Path, n: int, samples: int, sample_rate: int) -> Calib
     return CalibrationSet(work, x[:n], x[n:], tuple(keys))
 
 
+# ------------------------------------------------------------------------------- what stays fp32
+
+
+def _stem(deploy: nn.Module) -> list[str]:
+    """The backbone's first convolution: the one that reads the log-mel."""
+    first = next((n for n, m in deploy.backbone.named_modules() if isinstance(m, nn.Conv2d)), None)
+    return [] if first is None else [f"backbone.{first}"]
+
+
+def _output(deploy: nn.Module) -> list[str]:
+    """The head's last Linear (a projection export's output layer); none for an embedding export."""
+    head = getattr(deploy, "head", None)
+    if head is None:
+        return []
+    last = [n for n, m in head.named_modules() if isinstance(m, nn.Linear)][-1:]
+    return [f"head.{n}" for n in last]
+
+
+def _pooled(deploy: nn.Module) -> list[str]:
+    """The backbone's last activation, whose output the embedding mean-pools: fp32, so that the pooling
+    averages fp32 values (a mean of an int8 tensor is rounded back to that tensor's 8-bit grid)."""
+    leaves = [(n, m) for n, m in deploy.backbone.named_modules() if not list(m.children())]
+    if not leaves or isinstance(leaves[-1][1], (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+        return []
+    return [f"backbone.{leaves[-1][0]}"]
+
+
+# role -> the Deployable's modules that play it (qualified names); kept fp32 in both formats
+KEEP_FP32: dict[str, Callable[[nn.Module], list[str]]] = {
+    "stem": _stem,
+    "pooled": _pooled,
+    "output": _output,
+}
+KEEP_FP32_OPS = ("mean",)  # tensor methods kept fp32 where their input is fp32: the embedding's pooling
+
+
+def fp32_modules(deploy: nn.Module) -> dict[str, list[str]]:
+    """Role -> qualified names of ``deploy``'s modules that an int8 export leaves in fp32."""
+    return {role: find(deploy) for role, find in KEEP_FP32.items()}
+
+
 # ------------------------------------------------------------------------------- TorchScript (FX)
 
 
@@ -161,18 +209,12 @@ def _weighted_int8(module: nn.Module) -> tuple[int, int]:
     return n, convs
 
 
-def quantize_module(deploy: nn.Module, clips: Tensor, student: str) -> tuple[nn.Module, int, int]:
-    """Static int8 of ``deploy`` (its ``frontend`` left fp32) calibrated on ``clips`` (N, S).
-
-    -> (quantised module, int8 weight layers, of which convolutions)."""
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+def int8_qconfig() -> Any:
+    """torch.ao QConfig: 8-bit activations (histogram ranges), per-channel 7-bit symmetric weights."""
+    from torch.ao.quantization import QConfig
     from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    if FX_BACKEND not in torch.backends.quantized.supported_engines:
-        raise ExportError(f"this torch build has no {FX_BACKEND!r} quantised engine for int8 on the CPU")
-    qconfig = QConfig(
+    return QConfig(
         activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=False),
         weight=PerChannelMinMaxObserver.with_args(
             dtype=torch.qint8,
@@ -181,7 +223,41 @@ def quantize_module(deploy: nn.Module, clips: Tensor, student: str) -> tuple[nn.
             quant_max=WEIGHT_RANGE[1],
         ),
     )
-    qmap = get_default_qconfig_mapping(FX_BACKEND).set_global(qconfig).set_module_name("frontend", None)
+
+
+def qconfig_mapping(
+    deploy: nn.Module, keep: Mapping[str, Sequence[str]] | None = None, keep_ops: Sequence[str] | None = None
+) -> Any:
+    """The FX mapping of an int8 export: everything int8 but the front-end, the modules of ``keep``
+    (role -> qualified names; default ``fp32_modules(deploy)``) and the ops ``keep_ops`` (default
+    ``KEEP_FP32_OPS``)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+
+    keep = fp32_modules(deploy) if keep is None else keep
+    qmap = (
+        get_default_qconfig_mapping(FX_BACKEND).set_global(int8_qconfig()).set_module_name("frontend", None)
+    )
+    for names in keep.values():
+        for name in names:
+            qmap = qmap.set_module_name(name, None)
+    for op in KEEP_FP32_OPS if keep_ops is None else keep_ops:
+        qmap = qmap.set_object_type(op, None).set_object_type(getattr(torch, op), None)
+    return qmap
+
+
+def quantize_module(
+    deploy: nn.Module, clips: Tensor, student: str, qmap: Any = None
+) -> tuple[nn.Module, int, int]:
+    """Static int8 of ``deploy`` calibrated on ``clips`` (N, S), as ``qmap`` says (default
+    ``qconfig_mapping(deploy)``: front-end and ``KEEP_FP32`` fp32).
+
+    -> (quantised module, int8 weight layers, of which convolutions)."""
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if FX_BACKEND not in torch.backends.quantized.supported_engines:
+        raise ExportError(f"this torch build has no {FX_BACKEND!r} quantised engine for int8 on the CPU")
+    qmap = qconfig_mapping(deploy) if qmap is None else qmap
     custom = PrepareCustomConfig().set_non_traceable_module_names(["frontend"])
     try:
         with quiet_export():
@@ -202,83 +278,18 @@ def quantize_module(deploy: nn.Module, clips: Tensor, student: str) -> tuple[nn.
     return quantized.eval(), n, convs
 
 
-# ------------------------------------------------------------------------------- ONNX (onnxruntime)
-
-
-def _frontend_nodes(graph: Any) -> list[str]:
-    """Names of every node upstream of the first Conv's input: the front-end, kept fp32."""
-    producer = {out: node for node in graph.node for out in node.output}
-    first = next((n for n in graph.node if n.op_type == "Conv"), None)
-    if first is None:
-        raise ExportError("int8: the ONNX graph has no convolution to quantise; nothing written")
-    seen: dict[str, Any] = {}
-    stack = [first.input[0]]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is not None and node.name not in seen:
-            seen[node.name] = node
-            stack.extend(node.input)
-    return list(seen)
-
-
-class _ClipReader:
-    """onnxruntime's CalibrationDataReader protocol: one {"audio": (1, S)} feed per clip."""
-
-    def __init__(self, clips: Tensor) -> None:
-        self._feeds = iter([{"audio": clip[None].numpy()} for clip in clips])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
-
-
-def quantize_onnx(fp32: Path, path: Path, clips: Tensor) -> tuple[int, int]:
-    """Static int8 (QDQ) of the fp32 ONNX file ``fp32`` into ``path``, calibrated on ``clips``.
-
-    -> (int8 weight layers, of which convolutions)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    graph = onnx.load(str(fp32)).graph
-    frontend = _frontend_nodes(graph)
-    logging.disable(logging.WARNING)  # its advice (shape pre-processing, Gemm biases), on the root logger
-    try:
-        quantize_static(
-            str(fp32),
-            str(path),
-            _ClipReader(clips),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,  # 7-bit weights, as WEIGHT_RANGE
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=frontend,
-        )
-    finally:
-        logging.disable(logging.NOTSET)
-    return onnx_int8_layers(path)
-
-
-def onnx_int8_layers(path: Path) -> tuple[int, int]:
-    """(Conv / Gemm / MatMul nodes whose weight is dequantised from int8, of which Conv) in ``path``."""
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    consts = {t.name for t in graph.initializer}
-    dq_weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
-    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    hit = [n for n in layers if any(i in dq_weights for i in n.input[1:2])]
-    return len(hit), sum(n.op_type == "Conv" for n in hit)
-
-
 __all__ = [
     "CALIBRATION_CLIPS",
+    "KEEP_FP32",
+    "KEEP_FP32_OPS",
+    "WEIGHT_RANGE",
     "CalibrationSet",
     "calibration_set",
+    "fp32_modules",
     "held_out",
-    "onnx_int8_layers",
+    "int8_qconfig",
+    "qconfig_mapping",
     "quantize_module",
-    "quantize_onnx",
     "resolve_workspace",
     "run_workspace",
 ]
