@@ -220,12 +220,12 @@ def test_fp32_keeps_buy_agreement(run: Path, work: Path) -> None:
     cs = quantize.calibration_set(work, 14, int(CLIP * SR), SR)
     fresh = torch.cat([cs.calibrate[10:], cs.check])  # (7, S)
     with torch.inference_mode():
-        ref = deploy(fresh).numpy()
+        ref = deploy(fresh).numpy().astype(np.float64)
 
     def error(qmap: object) -> float:
         q, _, _ = quantize.quantize_module(deploy, cs.calibrate[:8], "mn04", qmap)
         with torch.inference_mode():
-            return float(1 - _cosines(q(fresh).numpy(), ref).mean())
+            return float(1 - _cosines(q(fresh).numpy().astype(np.float64), ref).mean())
 
     kept = error(None)
     everything = error(quantize.qconfig_mapping(deploy, keep={}, keep_ops=()))
