@@ -76,13 +76,15 @@ class CachedTeacherEmbedder(Embedder):
         with measure(torch.device("cpu"), stats):
             rows, shard_of, duration = self.rows_for(task)
             needed = sorted({r for rs in rows for r in rs})
+            by_shard: dict[int, list[int]] = {}
+            for r in needed:  # grouped once: a scan of every row per shard is O(shards x items)
+                by_shard.setdefault(shard_of[r], []).append(r)
             clip: dict[int, np.ndarray] = {}
-            for s in sorted({shard_of[r] for r in needed}):  # one block read per tar shard
+            for s in sorted(by_shard):  # one block read per tar shard
                 a, b = self.store.shard_rows(s)
                 block = self.store.read_clip(a, b)  # (b - a, D)
-                for r in needed:
-                    if a <= r < b:
-                        clip[r] = block[r - a]
+                for r in by_shard[s]:
+                    clip[r] = block[r - a]
             X = np.stack(
                 [
                     np.average([clip[r] for r in rs], axis=0, weights=[max(duration[r], 1e-9) for r in rs])
