@@ -98,9 +98,11 @@ def test_get_ssondo_loads_our_export_strictly(family: str, tmp_path: Path) -> No
 
 def test_export_refusals_name_the_setting() -> None:
     meta = {"teacher_id": "t-0123456789ab"}
-    wide = AudioStudent(StudentFrontEnd(), build_student("dymn04", 8))  # our DyMN default head is 1280 wide
+    wide = AudioStudent(StudentFrontEnd(), build_student("dymn04", 8, hidden_dim=1280))  # an older default
     with pytest.raises(SsondoCkptError, match="'dymn04' has head hidden_dim 1280.*train with hidden_dim 512"):
         to_ssondo_ckpt(wide, meta, 1.0)
+    default = to_ssondo_ckpt(AudioStudent(StudentFrontEnd(), build_student("dymn04", 8)), meta, 1.0)
+    assert default["training_config"]["classification_head"]["hidden_features_size"] == 512  # last_channel
     fine = AudioStudent(
         StudentFrontEnd(n_mels=32), build_student("eres2net", 8, **{**ERES, "hidden_dim": 40})
     )
