@@ -3,17 +3,17 @@ step-0 init) and the log-mel statistics in ONE ssondo eval report, so the bootst
 paired across them; then the paired difference pretrained - init per task and averaged over the
 tasks, with its 95 % percentile CI (REPORT/paired.json).
 
-usage (one thread; TASKS: a folder holding the three task CSVs, env PROBE_TASKS):
+usage (one thread; --tasks: the folder holding the three task CSVs, e.g. a large demo corpus'
+manifests/demo):
     ssondo pretrain matpac WORK --config configs/pretrain/matpac-tiny-large-cpu.yaml --out RUN
-    PROBE_TASKS=DIR python benchmarks/pretrain_probe.py REPORT pretrained=RUN/encoder.pt \
-        init=RUN/encoder-init.pt --baseline-name init
+    python benchmarks/pretrain_probe.py REPORT pretrained=RUN/encoder.pt \
+        init=RUN/encoder-init.pt --baseline-name init --tasks CORPUS/manifests/demo
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from ssondo_eval.probe import ProbeConfig
 from ssondo_eval.summary import bootstrap_task
 from ssondo_eval.tasks import load_tasks
 
-TASKS = os.environ.get("PROBE_TASKS", "/tmp/w15/large1/manifests/demo")
 NAMES = ("instrument_family", "game_music", "phrase_family")
 
 
@@ -37,10 +36,11 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("encoders", nargs="+")
     ap.add_argument("--baseline-name", required=True, help="the NAME the others are compared against")
+    ap.add_argument("--tasks", type=Path, required=True, help="folder of the task CSVs (NAMES)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    tasks = load_tasks([f"csv:{TASKS}/{n}.csv" for n in NAMES], [])
+    tasks = load_tasks([f"csv:{args.tasks / (n + '.csv')}" for n in NAMES], [])
     models = []
     for spec in args.encoders:
         name, path = spec.split("=", 1)
