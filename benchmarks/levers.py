@@ -118,6 +118,13 @@ CELLS: dict[str, tuple[str, dict]] = {
         "puts the average gain over the untrained twin above 0 beyond the CI",
         {"mixup_alpha": 0.0, "augment": None, "steps": 20 * STEPS, "manifest": "balanced-k50", "seed": 1},
     ),
+    "noaug_steps16k_balanced": (
+        "stated in session 6 after noaug_steps8k_balanced (+12.9 [8.7, 16.7] pp over untrained, gain "
+        "retention 41.5 [9.1, 68.7] %): the step curve has not flattened: 16,000 balanced steps raise "
+        "the average gain over the untrained twin above 12.9 pp and the average gain retention above "
+        "41.5 % (beyond the CI only if above 16.7 pp)",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 160 * STEPS, "manifest": "balanced-k50"},
+    ),
     "lr2x": ("lr 0.004 learns faster at this budget", {"lr": 0.004}),
     "mn10": ("a wider student (mn10) keeps more at the same steps, for more wall time", {"student": "mn10"}),
 }
