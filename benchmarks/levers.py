@@ -125,6 +125,13 @@ CELLS: dict[str, tuple[str, dict]] = {
         "41.5 % (beyond the CI only if above 16.7 pp)",
         {"mixup_alpha": 0.0, "augment": None, "steps": 160 * STEPS, "manifest": "balanced-k50"},
     ),
+    "noaug_steps8k_balanced_k100": (
+        "stated in session 6: balancing is the mechanism (8,000 random steps +1.2 pp, balanced k=50 "
+        "+12.9 pp over untrained): 100 clusters (sizes 3..276, median 60, vs k=50's 3..390, median 146) "
+        "spread the steps over more of the teacher's space and raise the average gain over the "
+        "untrained twin above noaug_steps8k_balanced's 12.9 pp",
+        {"mixup_alpha": 0.0, "augment": None, "steps": 80 * STEPS, "manifest": "balanced-k100"},
+    ),
     "lr2x": ("lr 0.004 learns faster at this budget", {"lr": 0.004}),
     "mn10": ("a wider student (mn10) keeps more at the same steps, for more wall time", {"student": "mn10"}),
 }
