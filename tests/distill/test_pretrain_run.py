@@ -200,6 +200,26 @@ def test_shipped_configs_load_and_the_command_runs(work, tmp_path):
     assert res.exit_code == 1 and "samples_per_epoch 24 is less than one batch of 32" in res.output
 
 
+def test_long_config_is_the_large_one_with_its_schedules_stretched_8_times():
+    load = lambda name: load_pretrain_config(REPO / "configs" / "pretrain" / name, {"work": "w", "out": "o"})  # noqa: E731
+    large, long = load("matpac-tiny-large-cpu.yaml"), load("matpac-tiny-large-cpu-long.yaml")
+    a, b = to_dict(large), to_dict(long)
+    assert {k for k in a if a[k] != b[k]} == {
+        "epochs",
+        "warmup_epochs",
+        "prototypes",
+        "log_every",
+        "checkpoint_every",
+    }
+    assert {k for k in a["prototypes"] if a["prototypes"][k] != b["prototypes"][k]} == {
+        "warmup_teacher_temp_epochs"
+    }
+    assert long.total_steps == 8 * large.total_steps == 18_880  # its header's claim
+    for cfg in (large, long):  # same fractions of the run
+        assert cfg.warmup_epochs / cfg.epochs == pytest.approx(0.1)
+        assert cfg.prototypes.warmup_teacher_temp_epochs / cfg.epochs == pytest.approx(0.2)
+
+
 def test_loop_module_has_no_stale_identity_keys():
     fields = set(PretrainConfig.__dataclass_fields__)
     assert set(loop.NOT_IDENTITY) <= fields
