@@ -2,6 +2,13 @@
 
     python benchmarks/eval_speed.py                        # 4 models x 200 clips (issue 17: 1,000)
     python benchmarks/eval_speed.py --clips 1000 --teacher yamnet
+    python benchmarks/eval_speed.py --tasks A.csv B.csv --student RUN/student.pt --every 4   # issue 15
+
+``--tasks``: the quality benchmark's eval instead (``run_evaluation`` as benchmarks/quality.py runs it:
+live YAMNet at TS 0.96 s, the student at 2-s windows and its untrained twin, log-mel, 3 probe seeds,
+1,000 bootstrap replicates) on every ``--every``-th row of each task CSV, into a fresh report folder;
+prints CPU seconds (this process, all threads) and wall seconds, one JSON line. Run it with
+``PYTHONPATH=<a worktree of another commit>`` to time that commit's eval on the same inputs.
 
 Four models, as in a real report: a live teacher, a student (mn04, random weights, 32 kHz front-end),
 its untrained twin (added by ``evaluate``) and the log-mel baseline, on one generated two-class task
@@ -94,8 +101,67 @@ def run(
         return clock() - t0, report
 
 
+def subset_csvs(csvs: list[Path], every: int, out: Path) -> list[Path]:
+    """Every ``every``-th row of each task CSV (file order kept), paths made absolute, into ``out``."""
+    import csv
+
+    out.mkdir(parents=True)
+    written = []
+    for path in csvs:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [r for i, r in enumerate(reader) if i % every == 0]
+            fields = reader.fieldnames
+        for r in rows:
+            r["path"] = str((path.parent / r["path"]).resolve())
+        written.append(out / path.name)
+        with open(written[-1], "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    return written
+
+
+def quality_eval(args: argparse.Namespace) -> None:
+    """The quality benchmark's eval stage on (a subset of) its tasks: CPU and wall seconds."""
+    from ssondo_eval.evaluate import run_evaluation
+
+    tmp = Path(tempfile.mkdtemp(prefix="ssondo-bench-qeval-"))
+    try:
+        csvs = subset_csvs([Path(c) for c in args.tasks], args.every, tmp / "tasks")
+        for c in csvs:  # a warm page cache for every run
+            for line in c.read_text().splitlines()[1:]:
+                Path(line.split(",")[0]).read_bytes()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        report = run_evaluation(
+            [args.student],
+            [str(c) for c in csvs],
+            tmp / "report",
+            teacher="yamnet",
+            teacher_ts=0.96,
+            ts=2.0,
+            device="cpu",
+            progress=False,
+        )
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        emb = {m["label"]: embedding_seconds(report["scores"][m["label"]]) for m in report["models"]}
+        means = {
+            lab: {t: round(100 * r["mean"], 2) for t, r in v.items()} for lab, v in report["scores"].items()
+        }
+        clips = {t["name"]: t["n_items"] for t in report["tasks"]}
+        print(f"quality eval on {clips} clips: {cpu:.1f} CPU s, {wall:.1f} s wall; embedding wall s {emb}")
+        print(json.dumps({"benchmark": "eval_speed quality", "every": args.every, "clips": clips,
+                          "torch_threads": torch.get_num_threads(), "cpu_s": cpu, "wall_s": wall,
+                          "embedding_wall_s": emb, "scores": means}))  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", help="task CSVs: time the quality benchmark's eval on them")
+    ap.add_argument("--student", help="with --tasks: the student checkpoint (student.pt)")
+    ap.add_argument("--every", type=int, default=1, help="with --tasks: keep every N-th row of each CSV")
     ap.add_argument("--clips", type=int, default=200, help="clips in the task (issue 17's target: 1000)")
     ap.add_argument("--rates", default="11025,22050,44100,24010,30030,12345", help="input sample rates")
     ap.add_argument("--teacher", default="yamnet", help="live teacher spec (yamnet: real, offline, 16 kHz)")
@@ -108,6 +174,10 @@ def main() -> None:
         "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: CPU seconds (loaded machine)"
     )
     args = ap.parse_args()
+    if args.tasks:
+        if not args.student:
+            ap.error("--tasks needs --student")
+        return quality_eval(args)
     torch.set_num_threads(1)
     rates = [int(r) for r in args.rates.split(",")]
     options = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.teacher_option)}

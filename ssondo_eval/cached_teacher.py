@@ -41,29 +41,56 @@ class CachedTeacherEmbedder(Embedder):
         self.cache_id = f"{self.teacher_id}-{self.support.name}-cached"
 
     def rows_for(self, task: Task) -> tuple[list[list[int]], dict[int, int], dict[int, float]]:
-        """Per item its manifest rows; plus each row's tar shard and duration (the averaging weight)."""
-        from ssondo_cache.manifests import read_clips
+        """Per item its manifest rows; plus each needed row's tar shard and duration (the averaging
+        weight). The manifest is read in record batches and only the task's rows are kept: memory
+        follows the task, not the corpus (a 2 M-row manifest as Python dicts is gigabytes)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
-        table = read_clips(self.work).select(["key", "row", "shard", "source", "duration_s"]).to_pydict()
-        by_key = dict(zip(table["key"], table["row"], strict=True))
-        by_source: dict[str, list[int]] = {}
-        for src, row in zip(table["source"], table["row"], strict=True):
-            by_source.setdefault(str(Path(src).resolve()), []).append(row)
-        rows, missing = [], []
-        for item in task.items:
-            if item.key is not None and item.key in by_key:
-                rows.append([by_key[item.key]])
-            elif item.path is not None and str(item.path.resolve()) in by_source:
-                rows.append(by_source[str(item.path.resolve())])
-            else:
-                missing.append(item.key or str(item.path))
+        from ssondo_cache.manifests import read_clips
+        from ssondo_cache.workspace import Workspace
+
+        path = Workspace(self.work).clips_manifest
+        if not path.is_file():
+            read_clips(self.work)  # raises the manifest's own message
+        rows: list[list[int]] = [[] for _ in task.items]
+        shard: dict[int, int] = {}
+        duration: dict[int, float] = {}
+
+        def scan(column: str, wanted: dict[str, list[int]], norm=lambda v: v) -> None:
+            """Append the row of every manifest entry whose ``column`` (normalised) is wanted."""
+            for batch in pq.ParquetFile(path).iter_batches(
+                batch_size=65536, columns=[column, "row", "shard", "duration_s"]
+            ):
+                if column == "key":  # matched inside Arrow: no Python string per corpus row
+                    batch = batch.filter(pc.is_in(batch.column(column), value_set=pa.array(list(wanted))))
+                values = [norm(v) for v in batch.column(column).to_pylist()]
+                hits = [j for j, v in enumerate(values) if v in wanted]
+                found = batch.select(["row", "shard", "duration_s"]).take(pa.array(hits, pa.int64()))
+                for j, r, s, d in zip(hits, *found.to_pydict().values(), strict=True):
+                    for i in wanted[values[j]]:
+                        rows[i].append(r)
+                    shard[r], duration[r] = s, d
+
+        by_key: dict[str, list[int]] = {}
+        for i, item in enumerate(task.items):
+            if item.key is not None:
+                by_key.setdefault(item.key, []).append(i)
+        if by_key:
+            scan("key", by_key)
+        by_source: dict[str, list[int]] = {}  # items whose key is not in the corpus: matched by file
+        for i, item in enumerate(task.items):
+            if not rows[i] and item.path is not None:
+                by_source.setdefault(str(item.path.resolve()), []).append(i)
+        if by_source:
+            scan("source", by_source, lambda src: str(Path(src).resolve()))
+        missing = [item.key or str(item.path) for item, rs in zip(task.items, rows, strict=True) if not rs]
         if missing:
             raise ValueError(
                 f"task {task.name!r}: {len(missing)} item(s) are not in the packed corpus {self.work} "
                 f"(e.g. {missing[:3]}); evaluate the teacher live (--teacher NAME) instead"
             )
-        shard = dict(zip(table["row"], table["shard"], strict=True))
-        duration = dict(zip(table["row"], table["duration_s"], strict=True))
         return rows, shard, duration
 
     def embed_task(self, task: Task, progress: bool = True) -> tuple[np.ndarray, ComputeStats]:
@@ -75,23 +102,29 @@ class CachedTeacherEmbedder(Embedder):
         stats = ComputeStats()
         with measure(torch.device("cpu"), stats):
             rows, shard_of, duration = self.rows_for(task)
-            needed = sorted({r for rs in rows for r in rs})
+            users: dict[int, list[int]] = {}  # row -> the items it is part of
+            for i, rs in enumerate(rows):
+                for r in rs:
+                    users.setdefault(r, []).append(i)
             by_shard: dict[int, list[int]] = {}
-            for r in needed:  # grouped once: a scan of every row per shard is O(shards x items)
+            for r in sorted(users):  # grouped once: a scan of every row per shard is O(shards x items)
                 by_shard.setdefault(shard_of[r], []).append(r)
-            clip: dict[int, np.ndarray] = {}
-            for s in sorted(by_shard):  # one block read per tar shard
+            X: np.ndarray | None = None  # (items, D) float32, made at the first block
+            acc: dict[int, np.ndarray] = {}  # items of several clips: float64 weighted sums, in row order
+            for s in sorted(by_shard):  # one block read per tar shard; only task rows are kept
                 a, b = self.store.shard_rows(s)
-                block = self.store.read_clip(a, b)  # (b - a, D)
+                block = self.store.read_clip(a, b)  # (b - a, D) float32
+                X = np.empty((len(rows), block.shape[1]), dtype=np.float32) if X is None else X
                 for r in by_shard[s]:
-                    clip[r] = block[r - a]
-            X = np.stack(
-                [
-                    np.average([clip[r] for r in rs], axis=0, weights=[max(duration[r], 1e-9) for r in rs])
-                    for rs in rows
-                ]
-            )
-        return X.astype(np.float32), stats
+                    for i in users[r]:
+                        if len(rows[i]) == 1:
+                            X[i] = block[r - a]
+                            continue
+                        part = max(duration[r], 1e-9) * block[r - a].astype(np.float64)
+                        acc[i] = acc[i] + part if i in acc else part
+            for i, total in acc.items():  # np.average's arithmetic: sum of w x, over the sum of w
+                X[i] = total / np.sum([max(duration[r], 1e-9) for r in rows[i]])
+        return X, stats
 
     def describe(self) -> dict:
         return {

@@ -45,6 +45,7 @@ class ComputeStats:
     peak_memory_bytes: int | None = None
     memory_kind: str = ""  # what the peak measures (cuda allocator / process RSS)
     n_embeddings: int = 0  # window embeddings computed (the temporal-support cost)
+    n_forwards: int = 0  # model calls they took (batches)
     extra: dict = field(default_factory=dict)
 
 
@@ -117,6 +118,9 @@ def student_windows(audio: torch.Tensor, win: int, min_len: int) -> torch.Tensor
     return torch.stack([audio[s : s + win] for s in starts])
 
 
+PENDING_BYTES = 64 * 2**20  # audio held back in length buckets at most (then the fullest one runs)
+
+
 def _mean_over_windows(
     task: Task,
     sample_rate: int,
@@ -129,20 +133,25 @@ def _mean_over_windows(
     desc: str,
 ) -> np.ndarray:
     """Cut every clip into windows with ``cut((S,)) -> (n, L)``, run ``forward((n, L)) -> (n, D)`` in
-    batches of equal-length windows, mean per clip."""
-    out: list[np.ndarray | None] = [None] * len(task.items)
-    pending: list[tuple[int, torch.Tensor]] = []  # (row, windows (n, win))
+    batches of equal-length windows, mean per clip.
 
-    def flush() -> None:
-        if not pending:
-            return
-        rows, wins = zip(*pending, strict=True)
+    Windows wait in one bucket per length L until it holds ``batch_size`` of them: a task whose clip
+    lengths alternate (short clips are one window of their own length) still runs full batches, where
+    batching consecutive clips only ran one forward per change of length. Buckets hold at most
+    ``PENDING_BYTES`` of audio; past it, the fullest runs. A task of one length batches as before."""
+    out: list[np.ndarray | None] = [None] * len(task.items)
+    buckets: dict[int, list[tuple[int, torch.Tensor]]] = {}  # L -> [(row, windows (n, L))]
+    held: dict[int, int] = {}  # L -> windows waiting
+
+    def flush(length: int) -> None:
+        rows, wins = zip(*buckets.pop(length), strict=True)
+        del held[length]
         x = torch.cat(wins).to(device)  # (sum n, L); one long clip may hold more than batch_size windows
         emb = torch.cat([forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])  # (sum n, D)
         stats.n_embeddings += emb.shape[0]
+        stats.n_forwards += -(-len(x) // batch_size)
         for row, part in zip(rows, emb.split([len(w) for w in wins]), strict=True):
             out[row] = part.float().mean(dim=0).cpu().numpy()
-        pending.clear()
 
     with torch.inference_mode():
         audio_iter = iter_task_audio(task, sample_rate)
@@ -151,13 +160,17 @@ def _mean_over_windows(
         ):
             lifecycle.raise_if_stopped(f"{desc} abandoned; the tasks embedded before are cached")
             windows = cut(torch.from_numpy(audio))  # (n, L)
-            if pending and (
-                windows.shape[1] != pending[0][1].shape[1]
-                or sum(len(w) for _, w in pending) + len(windows) > batch_size
-            ):
-                flush()
-            pending.append((row, windows))
-        flush()
+            length = windows.shape[1]
+            if length in held and held[length] + len(windows) > batch_size:
+                flush(length)
+            buckets.setdefault(length, []).append((row, windows))
+            held[length] = held.get(length, 0) + len(windows)
+            if held[length] >= batch_size:
+                flush(length)
+            elif sum(n * L for L, n in held.items()) * windows.element_size() > PENDING_BYTES:
+                flush(max(held, key=held.get))
+        for length in list(buckets):
+            flush(length)
     return np.stack(out).astype(np.float32)
 
 
@@ -366,6 +379,7 @@ def embed_task(
             "peak_memory_bytes": stats.peak_memory_bytes,
             "memory_kind": stats.memory_kind,
             "n_embeddings": stats.n_embeddings,
+            "n_forwards": stats.n_forwards,
             **stats.extra,
         },
         "device": str(embedder.device),

@@ -161,6 +161,21 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tens
     return (bce * known).sum() / known.sum().clamp(min=1)
 
 
+def _stacked_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Sum over M stacked probes of each one's :func:`_loss`: logits (M, B, C), y (M, B) or (M, B, C)."""
+    m, bsz, c = logits.shape
+    if not multilabel:
+        return (
+            F.cross_entropy(logits.reshape(m * bsz, c), y.reshape(-1), reduction="none")
+            .view(m, bsz)
+            .mean(1)
+            .sum()
+        )
+    known = ~torch.isnan(y)  # (M, B, C)
+    bce = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), reduction="none")
+    return ((bce * known).sum((1, 2)) / known.sum((1, 2)).clamp(min=1)).sum()
+
+
 def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
     return macro_map(logits, y) if multilabel else accuracy(logits, y)
 
@@ -252,6 +267,106 @@ def fit_and_score(
     )
 
 
+def fit_many(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    multilabel: bool,
+    n_classes: int,
+    config: ProbeConfig,
+    runs: Sequence[tuple[int, float]],
+) -> list[SplitResult]:
+    """:func:`fit_and_score` for every (seed, lr) of ``runs`` on one split, trained together.
+
+    The M linear probes are one stacked (M, C, D) weight: each starts from its own seed's init, draws
+    its own seed's minibatch order, takes its own Adam steps (torch's arithmetic, L2 weight decay) and
+    stops on its own validation patience; they share only the passes over the data (one batched
+    matmul per step instead of M), so the pass ends with the last probe to stop. A probe with hidden
+    layers (dropout draws) is trained alone by :func:`fit_and_score`."""
+    if config.hidden or len(runs) == 1:
+        rows = (X_train, y_train, X_val, y_val, X_test, y_test)
+        opts = {"multilabel": multilabel, "n_classes": n_classes, "config": config}
+        return [fit_and_score(*rows, **opts, seed=seed, lr=lr) for seed, lr in runs]
+    scaler = StandardScaler().fit(X_train)  # statistics of the training rows only
+
+    def prep(X: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(scaler.transform(X).astype(np.float32))
+
+    xtr, xva, xte = prep(X_train), prep(X_val), prep(X_test)
+    ytr = torch.from_numpy(y_train.astype(np.float32 if multilabel else np.int64))
+    yva = torch.from_numpy(y_val.astype(np.float32 if multilabel else np.int64))
+    m_runs, (n, dim) = len(runs), xtr.shape
+    inits = []
+    for seed, _ in runs:  # each probe's init exactly as fit_and_score draws it
+        torch.manual_seed(seed)
+        inits.append(_build_model(dim, n_classes, ()))
+    W = torch.stack([lin[0].weight.detach() for lin in inits]).requires_grad_()  # (M, C, D)
+    b = torch.stack([lin[0].bias.detach() for lin in inits]).requires_grad_()  # (M, C)
+    gens = {seed: torch.Generator().manual_seed(seed) for seed, _ in runs}
+    beta1, beta2, eps, wd = 0.9, 0.999, 1e-8, config.weight_decay  # torch.optim.Adam's defaults
+    state = [(torch.zeros_like(t), torch.zeros_like(t)) for t in (W, b)]  # (exp_avg, exp_avg_sq)
+    lrs = np.array([lr for _, lr in runs], dtype=np.float64)
+    bs = min(config.batch_size, n)
+    best = [(-math.inf, math.inf)] * m_runs  # per probe: (val score, val loss)
+    best_w, best_b = W.detach().clone(), b.detach().clone()
+    best_epoch, epochs_run = [0] * m_runs, [0] * m_runs
+    running, step = np.ones(m_runs, dtype=bool), 0
+    for epoch in range(config.max_epochs):
+        orders = {seed: torch.randperm(n, generator=g) for seed, g in gens.items()}
+        order = torch.stack([orders[seed] for seed, _ in runs])  # (M, n)
+        for start in range(0, n, bs):
+            idx = order[:, start : start + bs]  # (M, B)
+            logits = torch.baddbmm(b[:, None, :], xtr[idx], W.transpose(1, 2))  # (M, B, C)
+            loss = _stacked_loss(logits, ytr[idx], multilabel)
+            W.grad = b.grad = None
+            loss.backward()
+            step += 1
+            with torch.no_grad():  # torch.optim.Adam's single-tensor update, lr per probe
+                bc1, bc2_sqrt = 1 - beta1**step, (1 - beta2**step) ** 0.5
+                for p, (m1, m2) in zip((W, b), state, strict=True):
+                    g = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
+                    m1.lerp_(g, 1 - beta1)
+                    m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    size = torch.from_numpy(-(lrs / bc1)).float().view(-1, *[1] * (p.dim() - 1))
+                    p.add_(size * m1 / ((m2.sqrt() / bc2_sqrt).add_(eps)))
+        with torch.inference_mode():
+            val_logits = torch.baddbmm(b[:, None, :], xva.expand(m_runs, -1, -1), W.transpose(1, 2)).numpy()
+        for j in np.flatnonzero(running):
+            val_score = _score(val_logits[j], y_val, multilabel)
+            val_loss = (
+                float(_loss(torch.from_numpy(val_logits[j]), yva, multilabel))
+                if val_score >= best[j][0]
+                else 0.0
+            )
+            epochs_run[j] = epoch + 1
+            if val_score > best[j][0] or (val_score == best[j][0] and val_loss < best[j][1]):
+                best[j], best_epoch[j] = (val_score, val_loss), epoch
+                best_w[j], best_b[j] = W[j].detach(), b[j].detach()
+            elif epoch - best_epoch[j] >= config.patience:
+                running[j] = False
+        if not running.any():
+            break
+    out = []
+    for j, (_, lr) in enumerate(runs):
+        test_logits = F.linear(xte, best_w[j], best_b[j]).numpy()
+        out.append(
+            SplitResult(
+                test_score=_score(test_logits, y_test, multilabel),
+                val_score=best[j][0],
+                best_epoch=best_epoch[j],
+                epochs_run=epochs_run[j],
+                lr=lr,
+                val_loss=best[j][1],
+                test_pred=prediction(test_logits, multilabel),
+            )
+        )
+    return out
+
+
 def carve_validation(
     train_idx: np.ndarray, y: np.ndarray, fraction: float, seed: int, multilabel: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +427,8 @@ def probe_folds(
     learning rate is the one whose probe with the first seed scores best on that fold's validation
     rows (ties: lower validation loss, then the earlier value); that probe is the first seed's result
     and the other seeds train with the same rate. Per seed the score is the mean over folds; the
-    confidence interval is over seeds.
+    confidence interval is over seeds. The learning rates' probes train together in one pass
+    (:func:`fit_many`), then the other seeds' (together where they share their validation rows).
     """
     config = config or ProbeConfig()
     X = np.asarray(X, dtype=np.float32)
@@ -323,25 +439,31 @@ def probe_folds(
     if n_classes is None:
         n_classes = y.shape[1] if multilabel else int(y.max()) + 1
     per_seed, splits = [], []
-    jobs = [(s, f) for s in config.seeds for f in range(len(folds))]
     results: dict[tuple[int, int], SplitResult] = {}
-    chosen_lr: dict[int, float] = {}
-    for seed, f in tqdm(jobs, desc="probe", disable=not progress, leave=False):
-        train_idx, val_idx, test_idx = folds[f]
-        if val_idx is None or len(val_idx) == 0:
-            train_idx, val_idx = carve_validation(train_idx, y, config.val_fraction, seed, multilabel)
-        if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
-            raise ValueError(
-                f"fold {f}: empty split (train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)})"
-            )
-        rows = [X[train_idx], y[train_idx], X[val_idx], y[val_idx], X[test_idx], y[test_idx]]
-        opts = {"multilabel": multilabel, "n_classes": n_classes, "config": config, "seed": seed}
-        if f not in chosen_lr:  # the first seed picks the fold's learning rate on validation
-            tried = [fit_and_score(*rows, **opts, lr=lr) for lr in config.lr]
-            best = max(range(len(tried)), key=lambda i: (tried[i].val_score, -tried[i].val_loss, -i))
-            chosen_lr[f], results[seed, f] = config.lr[best], tried[best]
-            continue
-        results[seed, f] = fit_and_score(*rows, **opts, lr=chosen_lr[f])
+    opts = {"multilabel": multilabel, "n_classes": n_classes, "config": config}
+    for f in tqdm(range(len(folds)), desc="probe", disable=not progress, leave=False):
+        split_of = {}
+        for seed in config.seeds:
+            train_idx, val_idx, test_idx = folds[f]
+            if val_idx is None or len(val_idx) == 0:
+                train_idx, val_idx = carve_validation(train_idx, y, config.val_fraction, seed, multilabel)
+            if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
+                raise ValueError(
+                    f"fold {f}: empty split (train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)})"
+                )
+            split_of[seed] = (train_idx, val_idx, test_idx)
+        rows = {seed: [a[i] for i in split for a in (X, y)] for seed, split in split_of.items()}
+
+        first = config.seeds[0]  # the first seed picks the fold's learning rate on validation
+        tried = fit_many(*rows[first], **opts, runs=[(first, lr) for lr in config.lr])
+        best = max(range(len(tried)), key=lambda i: (tried[i].val_score, -tried[i].val_loss, -i))
+        chosen, results[first, f] = config.lr[best], tried[best]
+        together: dict[tuple[bytes, bytes], list[int]] = {}  # seeds training on the same rows
+        for seed in config.seeds[1:]:
+            together.setdefault((split_of[seed][0].tobytes(), split_of[seed][1].tobytes()), []).append(seed)
+        for seeds in together.values():
+            fits = fit_many(*rows[seeds[0]], **opts, runs=[(seed, chosen) for seed in seeds])
+            results.update({(seed, f): r for seed, r in zip(seeds, fits, strict=True)})
     for seed in config.seeds:
         row = [results[seed, f] for f in range(len(folds))]
         splits.append(row)
