@@ -21,7 +21,8 @@ peak RSS at 2 M above 8 GB. A log-log PNG and a JSON are written to --out.
 one process and in 2 rank processes (world size 2, started together), and prints the speed-ups and the
 per-worker efficiency (speed-up / workers); --start-shards S times how a corpus of S shards x 1,000 clips
 starts, on synthetic plans (no audio): pack's resume decision and the train stream's epoch plan and first
-batch, with the shards it reads counted (benchmarks/scale_parallel.py).
+batch, with the shards it reads counted (benchmarks/scale_parallel.py). --cluster-memory SIZES measures
+clustering's peak RSS on cache-only workspaces and extrapolates it to 2 M (benchmarks/scale_memory.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py --sizes 10000,100000 --parallel 10000 --start-shards 2000 \
         --out /tmp/scale
@@ -322,6 +323,12 @@ def main() -> None:
     ap.add_argument(
         "--start-shards", type=int, default=0, help="shards of the synthetic start-up check (0: skip)"
     )
+    ap.add_argument(
+        "--cluster-memory", default="", help="clip counts of the clustering peak-RSS runs (scale_memory.py)"
+    )
+    ap.add_argument(
+        "--memory-dim", type=int, default=3840, help="embedding width of the --cluster-memory runs"
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch, FAISS, BLAS: one core per stage process
     meta = {
@@ -339,6 +346,12 @@ def main() -> None:
             item4(args, out)
     if not results:
         item4(args, out)
+    if args.cluster_memory:
+        from scale_memory import cluster_memory
+
+        sizes = [int(x) for x in args.cluster_memory.split(",")]
+        out["cluster_memory"] = cluster_memory(sizes, args.memory_dim, args.out / "memory")
+        save(out, args.out)
     print(f"wrote {args.out / 'scale.json'}" + (f" and {args.out / 'scale.png'}" if results else ""))
 
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ssondo_cache.atomic import write_text
 from ssondo_cache.cluster_report import (
-    primary_labels,
+    primary_classes,
     sweep_table,
     write_report,
 )
@@ -259,8 +259,9 @@ def cluster_cache(
     """Cluster a complete cache for each k and write WORK/manifests/balanced-k{K}.parquet (+ sidecars).
 
     Memory stays bounded: the cache is read twice, one tar shard at a time. The first pass keeps only the
-    training sample (`sample` points; None: kmeans.default_sample(k, D); 0: every point, N x D float32)
-    and the metric sample; k-means trains on it; the second pass labels every point in tiles. The labels
+    training sample (`sample` points; None: kmeans.default_sample(k, D); 0: every point, N x D float32),
+    chosen before reading and held once, and the metric sample; k-means trains on it; the second pass
+    labels every point in tiles. The labels
     equal kmeans(X, k, seed, sample=...) on the whole array, to the bit.
 
     Every input is checked before anything is written; each file is written under a temporary name and
@@ -294,7 +295,7 @@ def cluster_cache(
     ids = {
         "key": np.asarray(clips["key"].to_numpy(zero_copy_only=False), dtype=object),
         "shard": clips["shard"].to_numpy(),
-        "classes": primary_labels(clips["labels"].to_pylist()) if "labels" in clips.column_names else None,
+        "classes": primary_classes(clips["labels"]) if "labels" in clips.column_names else None,
     }
     fits: dict[int, Fitted] = {}
     points = None
@@ -307,8 +308,9 @@ def cluster_cache(
             raise ClusterInputError(
                 f"k={max(todo)} is larger than the number of {level} embeddings ({len(points.rows)})"
             )
-        if normalize:
+        if normalize:  # in place, once: each k trains on these rows (or a subset of them)
             l2_normalize_(points.metric_x)
+            l2_normalize_(points.train.X)
         opts = {"max_iter": max_iter, "tol": tol, "init_sample": init_sample, "n_init": n_init}
         fits = {kk: fit_sample(points, kk, sample, seed, normalize, device, opts, progress) for kk in todo}
         points.train = None  # the training sample is no longer needed: free it before the second pass

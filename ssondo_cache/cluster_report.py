@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn import metrics as skm
 
 from ssondo_cache.atomic import atomic_path, write_json
@@ -23,9 +25,24 @@ def metric_sample_indices(n: int, size: int, seed: int) -> np.ndarray:
     return np.arange(n) if idx is None else idx
 
 
-def primary_labels(labels: list[list[str] | None]) -> np.ndarray:
-    """One class per item for NMI/ARI: its first label, or None when it has none. -> (N,) object."""
-    return np.array([lab[0] if lab else None for lab in labels], dtype=object)
+def primary_classes(labels: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """One class per clip for NMI/ARI: the rank of its first label among the distinct first labels in
+    string order, or -1 when it has none. -> (N,) int32. Codes, not strings: at window level they are
+    indexed by every point (tens of millions), where an array of strings would be N x its longest label."""
+    arr = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)  # (N,)
+    has = np.flatnonzero(lengths > 0)
+    codes = np.full(len(arr), -1, np.int32)
+    first = pc.list_element(arr.take(pa.array(has, pa.int64())), 0) if len(has) else None
+    if first is not None and first.null_count:  # a null first label counts as none
+        valid = pc.is_valid(first)
+        has, first = has[valid.to_numpy(zero_copy_only=False)], first.filter(valid)
+    if first is not None and len(first):
+        first = pc.dictionary_encode(first)
+        names = first.dictionary.to_numpy(zero_copy_only=False).astype(str)  # (classes,)
+        rank = np.argsort(np.argsort(names, kind="stable"), kind="stable").astype(np.int32)
+        codes[has] = rank[first.indices.to_numpy(zero_copy_only=False)]
+    return codes
 
 
 def cluster_metrics(
@@ -39,8 +56,8 @@ def cluster_metrics(
     """Metrics of one clustering.
 
     xs (m, D) float32: the points at `sample` as clustered (normalised when spherical); labels (N,) int
-    cluster ids of all N points; sample (m,): the indices of xs, for the pairwise metrics; classes (N,) object: a true class per point or None (NMI/ARI
-    use the points that have one).
+    cluster ids of all N points; sample (m,): the indices of xs, for the pairwise metrics; classes (N,)
+    int: a true class code per point (primary_classes), -1 for none (NMI/ARI use the points that have one).
     """
     sizes = np.bincount(labels, minlength=k)
     out: dict[str, Any] = {
@@ -64,9 +81,9 @@ def cluster_metrics(
     else:  # sklearn defines them only for 2 <= distinct labels < n
         out["silhouette"] = out["calinski_harabasz"] = out["davies_bouldin"] = None
     if classes is not None:
-        has = np.array([c is not None for c in classes], dtype=bool)
+        has = classes >= 0  # (N,)
         if has.sum() >= 2:
-            truth = classes[has].astype(str)
+            truth = classes[has]
             out["labels"] = {
                 "rule": "first label of each labelled clip",
                 "n_labelled": int(has.sum()),

@@ -1,10 +1,14 @@
 """Clustering a cache in bounded memory: two passes over it, one tar shard at a time.
 
-Pass 1 (scan_points) counts the points, checks they are finite and keeps only the training sample and the
-metric sample (kmeans_sample.StreamSample: the points sample_indices would pick from the whole array).
-k-means trains on the sample (fit_sample). Pass 2 (assign_all) labels every point, in tiles
-(kmeans.TiledAssigner), so the result is that of kmeans.kmeans on the whole array, to the bit. Nothing
-holds the (N, D) float32 array of all points, unless `sample=0` asks to train on every point.
+Before any embedding is read, the points are counted (clip level: the tar shards' rows; window level: the
+cache's window counts, 4 bytes a clip) and the training and metric samples chosen from their keys alone
+(kmeans_sample.pick_smallest: the points sample_indices would pick from the whole array). Pass 1
+(scan_points) checks every point is finite and copies the chosen ones into the samples' own arrays, each
+allocated once at its final size. k-means trains on the training sample (fit_sample). Pass 2 (assign_all)
+labels every point, in tiles (kmeans.TiledAssigner), so the result is that of kmeans.kmeans on the whole
+array, to the bit. Memory: the samples (s x D float32, s capped by kmeans_sample.default_sample), one block
+and tile at a time, and a few N-length vectors (rows, windows, labels, distances). Nothing holds the (N, D)
+float32 array of all points, unless `sample=0` asks to train on every point.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ssondo_cache.kmeans import (
     nonfinite_rows,
     train,
 )
-from ssondo_cache.kmeans_sample import StreamSample, default_sample, sample_rng
+from ssondo_cache.kmeans_sample import Picked, default_sample, pick_smallest, sample_rng
 
 
 def iter_points(
@@ -47,13 +51,21 @@ def iter_points(
         yield np.ascontiguousarray(emb[r, w], np.float32), r.astype(np.int64) + a, w.astype(np.int32)
 
 
+def point_counts(store: Any, level: str) -> list[int]:
+    """Points per tar shard, read before any embedding: rows (clip level) or valid windows (window level)."""
+    spans = [store.shard_rows(s) for s in range(store.n_shards)]
+    if level == "window":
+        return [int(store.read_n_windows(a, b).sum()) if b > a else 0 for a, b in spans]
+    return [b - a for a, b in spans]
+
+
 @dataclass
 class Points:
     """One pass over a cache: where every point is, and the only embeddings held in memory."""
 
     rows: np.ndarray  # (P,) int64 clip row of each point
     windows: np.ndarray  # (P,) int32 window of each point (-1 at clip level)
-    train: StreamSample  # the largest training sample asked for
+    train: Picked | None  # the largest training sample asked for (None once trained: freed)
     metric_idx: np.ndarray  # (m,) positions of the metric sample (pairwise metrics, PCA plot)
     metric_x: np.ndarray  # (m, D) float32 their embeddings
 
@@ -61,10 +73,11 @@ class Points:
 def scan_points(
     store: Any, level: str, train_size: int, seed: int, metric_sample: int, progress: bool
 ) -> Points:
-    """Read the cache once, one tar shard at a time: count the points, check they are finite, keep the
-    training sample (`train_size` points, sample_indices' rule with seed) and the metric sample."""
-    train_s = StreamSample(train_size, sample_rng(seed))
-    metric_s = StreamSample(metric_sample, sample_rng(seed, 1))
+    """Read the cache once, one tar shard at a time: check the points are finite and fill the training
+    sample (`train_size` points, sample_indices' rule with seed) and the metric sample, both chosen first."""
+    counts = point_counts(store, level)
+    train_s = pick_smallest(counts, train_size, sample_rng(seed), store.embed_dim)
+    metric_s = pick_smallest(counts, metric_sample, sample_rng(seed, 1), store.embed_dim)
     rows, windows, bad = [], [], 0
     for pts, r, w in iter_points(store, level, progress):
         bad += nonfinite_rows(pts)
@@ -100,12 +113,11 @@ class Fitted:
 def fit_sample(points: Points, k: int, sample: int | None, seed: int, normalize: bool, device: str, opts: dict,
          progress: bool) -> Fitted:  # fmt: skip
     """Train k-means for one k on its share of the training sample: the points kmeans(X, k, seed=seed,
-    sample=sample) trains on, with the same random generators."""
+    sample=sample) trains on, with the same random generators (already normalised when `normalize`)."""
     t0 = time.perf_counter()
     n, d = len(points.rows), points.metric_x.shape[1]
     size = default_sample(k, d) if sample is None else sample or n
-    _, Xt = points.train.result(max(size, k))
-    Xt = l2_normalize_(Xt) if normalize else Xt  # result() returned a copy
+    _, Xt = points.train.result(max(size, k))  # (nt, D): the held sample itself when it is the largest
     rng = np.random.default_rng(seed)
     used, reason = faiss_device(device)
     fit = train(Xt, k, rng, seed, normalize, used, progress=progress, **opts)

@@ -237,7 +237,11 @@ class CacheStore:
     def read_windows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """((n, W_max, D) float32 window embeddings, NaN past each clip's windows; (n,) int32 counts)."""
         emb = self._checked_read("emb", start, stop).astype(np.float32)
-        return emb, self._checked_read("n_windows", start, stop).astype(np.int32)
+        return emb, self.read_n_windows(start, stop)
+
+    def read_n_windows(self, start: int, stop: int) -> np.ndarray:
+        """(stop-start,) int32 valid windows per clip, without reading any embedding."""
+        return self._checked_read("n_windows", start, stop).astype(np.int32)
 
     # ---- writing (extraction only)
     def write_block(self, block: int, emb: np.ndarray, clip: np.ndarray, n_windows: np.ndarray) -> None:

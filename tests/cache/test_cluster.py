@@ -15,6 +15,7 @@ from pathlib import Path
 import faiss
 import matplotlib.image as mpimg
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
@@ -34,6 +35,7 @@ from ssondo_cache.cluster_report import (
     metric_sample_indices,
     plot_cluster_sizes,
     plot_projection,
+    primary_classes,
 )
 from ssondo_cache.kmeans import ClusterInputError, kmeans, l2_normalize_
 from ssondo_cache.manifests import clips_fingerprint, read_clips
@@ -217,7 +219,14 @@ def test_metrics_match_plain_formulas_and_sklearn():
     cents = np.stack([X[lab == j].mean(0) for j in range(4)])
     inertia = float(((X - cents[lab]) ** 2).sum())
     classes = np.array([str(t) if i % 7 else None for i, t in enumerate(truth)], dtype=object)
-    m = cluster_metrics(X, lab, 4, inertia, np.arange(len(X)), classes)
+    lists = pa.array(
+        [[c, "x"] if c else ([] if i % 2 else None) for i, c in enumerate(classes)], pa.list_(pa.string())
+    )
+    codes = primary_classes(lists)  # first label as a code in string order, -1 for none (empty or null)
+    has = classes != None  # noqa: E711
+    assert codes.dtype == np.int32 and np.array_equal(codes < 0, ~has)
+    assert np.array_equal(codes[has], np.unique(classes[has].astype(str), return_inverse=True)[1])
+    m = cluster_metrics(X, lab, 4, inertia, np.arange(len(X)), codes)
     assert m["silhouette"] == pytest.approx(_silhouette(X, lab), rel=1e-5)
     n, k, mu = len(X), 4, X.mean(0)
     sizes = np.bincount(lab)
@@ -226,9 +235,11 @@ def test_metrics_match_plain_formulas_and_sklearn():
     s = np.array([np.linalg.norm(X[lab == j] - cents[j], axis=1).mean() for j in range(k)])
     dc = np.linalg.norm(cents[:, None] - cents[None], axis=-1) + np.eye(k) * 1e30
     assert m["davies_bouldin"] == pytest.approx(((s[:, None] + s[None]) / dc).max(1).mean(), rel=1e-4)
-    has = classes != None  # noqa: E711
     assert m["labels"]["n_labelled"] == has.sum()
-    assert m["labels"]["ari"] == pytest.approx(skm.adjusted_rand_score(classes[has], lab[has]))
+    assert m["labels"]["ari"] == skm.adjusted_rand_score(
+        classes[has].astype(str), lab[has]
+    )  # exact: same order
+    assert m["labels"]["nmi"] == skm.normalized_mutual_info_score(classes[has].astype(str), lab[has])
     assert m["cluster_sizes"]["min"] == sizes.min() and m["cluster_sizes"]["max"] == sizes.max()
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from ssondo_cache.cache_index import open_cache
 from ssondo_cache.cluster import cluster_cache, read_sampling_manifest
+from ssondo_cache.cluster_stream import scan_points
 from ssondo_cache.kmeans import TiledAssigner, assign, kmeans
-from ssondo_cache.kmeans_sample import StreamSample, default_sample, sample_indices
+from ssondo_cache.kmeans_sample import default_sample, pick_smallest, sample_indices
 from ssondo_cache.manifests import clips_fingerprint, clips_table, write_table
 from ssondo_cache.store import CacheStore, cache_path, create_or_open
 from ssondo_cache.workspace import Workspace
@@ -48,19 +49,20 @@ def test_chunked_assignment_equals_one_chunk_to_the_bit(tile: int | None):
     assert (ref[np.arange(len(X)), one_l] <= ref.min(1) * (1 + 1e-5) + 1e-6).all()
 
 
-def test_stream_sample_picks_sample_indices_points_from_blocks():
+def test_streamed_sample_picks_sample_indices_points_from_blocks():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((5000, 6)).astype(np.float32)
     for size in (1, 300, 4999, 5000, 9000):
         want = sample_indices(len(X), size, np.random.default_rng(7))
         want = np.arange(len(X)) if want is None else want
-        s = StreamSample(size, np.random.default_rng(7))
         cuts = _splits(len(X), rng)
+        s = pick_smallest(np.diff(cuts).tolist(), size, np.random.default_rng(7), X.shape[1])
+        assert s.X.shape == (len(want), 6)  # allocated once, at its final size, before any point is fed
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             s.add(X[a:b])
-            assert s.held <= 2.5 * size + 1  # bounded while streaming
         pos, pts = s.result()
         assert np.array_equal(pos, want) and np.array_equal(pts, X[want])
+        assert pts is s.X  # the whole sample is handed over as held, not copied
         if size < len(X):  # a smaller sample of the same seed is a subset: one pass serves a k sweep
             small = sample_indices(len(X), size // 2 or 1, np.random.default_rng(7))
             assert np.array_equal(s.result(size // 2 or 1)[0], small)
@@ -149,6 +151,28 @@ def test_cluster_cache_never_allocates_n_by_d(caches: dict[int, Path], tmp_path:
         f"peak grew {grew / 1e6:.1f} MB for 8000 clips; their float32 is {full / 1e6:.1f} MB"
     )
     assert peaks[12_000] < 12_000 * DIM * 4  # and never the whole array
+
+
+def test_scan_holds_each_sample_once_plus_a_few_blocks(caches: dict[int, Path]):
+    """Pass 1 keeps the training and metric samples in arrays of their final size, chosen before reading:
+    no candidate rows past the sample (the old stream held up to 1.5x the sample and copied it to prune),
+    so at N >> sample its traced peak is the samples plus a few block reads' worth (zarr's float16, its
+    float32 copy, the picked rows): here 11.4 MB against 19.5 MB before, for a 14.2 MB bound."""
+    store = open_cache(caches[12_000], "ts1-hop1")
+    size, metric = 4000, 300
+    scan_points(store, "clip", size, 1, metric, False)  # warm-up: zarr's and numpy's own first allocations
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    points = scan_points(store, "clip", size, 1, metric, False)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert points.train.X.shape == (size, DIM) and points.metric_x.shape == (metric, DIM)
+    samples = (size + metric) * DIM * 4
+    block = 1000 * DIM * (2 + 4)
+    bookkeeping = 12_000 * (8 + 4 + 16) * 2  # rows, windows and the keys of the pick, plus concatenations
+    assert peak <= samples + 3 * block + bookkeeping, (
+        f"scan peak {peak / 1e6:.1f} MB; samples {samples / 1e6:.1f} MB, a block {block / 1e6:.1f} MB"
+    )
 
 
 def test_streamed_cluster_cache_equals_kmeans_on_the_whole_array(caches: dict[int, Path], tmp_path: Path):
