@@ -2,6 +2,11 @@
 
     python benchmarks/pack.py                       # generates its own corpus (tones + noise)
     python benchmarks/pack.py --input demo-out/data --workers 2
+    python benchmarks/pack.py --clock cpu --input-format wav --stages --no-old   # issue 17's figures
+
+``--stages`` adds where pack's time goes per clip (CPU ms of this process, each library step of
+planning and building one clip timed alone on the same files); ``--clock cpu`` counts CPU seconds,
+the figure that means something while other jobs share the cores.
 
 Baselines measured in the same run: packing is compared with just decoding the inputs
 (soundfile, no resample/encode/write; issue 17's target: pack >= 0.7x of it) and with packing as
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 import json
 import shutil
@@ -28,17 +34,52 @@ import torch
 from ssondo_cache.audio import AUDIO_EXTENSIONS
 from ssondo_cache.pack import pack
 from ssondo_cache.plan import PackParams, make_plan
-from ssondo_cache.shards import iter_members, iter_shard
+from ssondo_cache.shards import encode_audio, iter_members, iter_shard
 
 
-def make_corpus(root: Path, n: int, seconds: float, sr: int) -> Path:
+def make_corpus(root: Path, n: int, seconds: float, sr: int, ext: str = "flac") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * sr)) / sr
     for i in range(n):
         x = 0.3 * np.sin(2 * np.pi * (200 + 10 * i) * t)[:, None] + 0.05 * rng.standard_normal((len(t), 2))
-        sf.write(root / f"clip{i:05d}.flac", x.astype(np.float32), sr, subtype="PCM_16")
+        sf.write(root / f"clip{i:05d}.{ext}", x.astype(np.float32), sr, subtype="PCM_16")
     return root
+
+
+def stage_times(files: list[Path], sample_rate: int) -> dict[str, float]:
+    """CPU ms per clip of each step pack takes for a whole-file clip, timed alone with the library's own
+    functions (whatever commit is on the path): plan scan, source read + hash, decode, downmix,
+    resample, int16, encode, checksum, tar member."""
+    from ssondo_cache import audio as A
+    from ssondo_cache.plan import _scan
+    from ssondo_cache.shards import ShardWriter, member_checksum
+
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.process_time()
+        value = fn()
+        out[name] = out.get(name, 0.0) + (time.process_time() - t0) * 1e3 / len(files)
+        return value
+
+    for f in files:
+        timed("plan: sha256 + header (once per input)", lambda f=f: _scan(str(f)))
+        data = timed("build: read the source", f.read_bytes)
+        timed("build: sha256 of the source", lambda data=data: hashlib.sha256(data).hexdigest())
+        frames = sf.info(str(f)).frames
+        x, sr = timed("decode", lambda data=data, frames=frames: A.decode_segment(data, 0, frames))
+        mono = timed("downmix", lambda x=x: A.to_mono(x))
+        y = timed(
+            f"resample {sr} -> {sample_rate}", lambda mono=mono, sr=sr: A.resample(mono, sr, sample_rate)
+        )
+        pcm = timed("int16 + peak", lambda y=y: (A.to_pcm16(y), float(np.abs(y).max()))[0])
+        for fmt in ("flac", "wav"):
+            enc = timed(f"encode {fmt}", lambda pcm=pcm, fmt=fmt: encode_audio(pcm, sample_rate, fmt))
+            timed(f"crc32c {fmt}", lambda enc=enc: member_checksum(enc))
+        w = ShardWriter(io.BytesIO())
+        timed("tar member + json", lambda w=w, enc=enc: w.add("k", enc, "wav", {"key": "k"}))
+    return out
 
 
 def audio_files(root: Path) -> list[Path]:
@@ -92,6 +133,8 @@ def main() -> None:
         "--input", type=Path, help="folder of audio (e.g. the demo corpus); default: generate one"
     )
     ap.add_argument("--n", type=int, default=48, help="clips to generate when --input is not given")
+    ap.add_argument("--input-format", choices=["flac", "wav"], default="flac", help="of the generated clips")
+    ap.add_argument("--stages", action="store_true", help="also time each step of packing one clip")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of generated clips")
     ap.add_argument("--sample-rate", type=int, default=32000, help="pack sample rate")
     ap.add_argument("--workers", type=int, default=1, help="pack worker processes")
@@ -112,10 +155,15 @@ def main() -> None:
             src = args.input
             corpus_desc = f"{src}"
         else:
-            src = make_corpus(tmp / "in", args.n, args.seconds, 44100)
-            corpus_desc = f"generated: {args.n} x {args.seconds} s, 44.1 kHz stereo FLAC"
+            src = make_corpus(tmp / "in", args.n, args.seconds, 44100, args.input_format)
+            corpus_desc = (
+                f"generated: {args.n} x {args.seconds} s, 44.1 kHz stereo {args.input_format.upper()}"
+            )
         files = audio_files(src)
         t_dec, in_seconds = timer(lambda: decode_inputs(files))
+        import ssondo_cache
+
+        print(f"code: {Path(ssondo_cache.__file__).parent}; clock: {args.clock}")
         print(f"corpus: {corpus_desc} ({len(files)} files, {in_seconds:.0f} s of audio)")
         print(f"baseline: decode inputs only, 1 process: {len(files) / t_dec:.1f} files/s")
 
@@ -126,7 +174,13 @@ def main() -> None:
             f"plan (sha256 + header, no cache): {len(files) / t_plan:.1f} files/s, {len(plan.items)} clips planned"
         )
 
-        results = {}
+        results: dict = {"decode_files_per_s": len(files) / t_dec}
+        if args.stages:
+            stages = stage_times(files, args.sample_rate)
+            results["stages_cpu_ms_per_clip"] = stages
+            print("where the time goes, CPU ms per clip:")
+            for name, ms in stages.items():
+                print(f"  {name:42s} {ms:7.2f}")
         for fmt in ("flac", "wav"):
             work = tmp / f"work-{fmt}"
             t, res = timer(
@@ -152,6 +206,7 @@ def main() -> None:
                 "decode_clips_per_s_per_core": n / t_read,
                 "decode_audio_s_per_s_per_core": secs / t_read,
                 "tar_read_clips_per_s": n / t_raw,
+                "pack_over_decode": (res.n_packed / t) / (len(files) / t_dec),
             }
             r = results[fmt]
             print(
@@ -195,6 +250,7 @@ def main() -> None:
                     "corpus": corpus_desc,
                     "workers": args.workers,
                     "clock": args.clock,
+                    "code": str(Path(ssondo_cache.__file__).parent),
                     **results,
                 }
             )

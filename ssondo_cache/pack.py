@@ -20,7 +20,9 @@ Two jobs on one WORK split the shards: a shard is built under a claim (``claims.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import mmap
 import os
 import time
 from collections import Counter
@@ -47,7 +49,7 @@ from ssondo_cache.plan import (
     reject,
     reject_order,
 )
-from ssondo_cache.provenance import code_version, sha256_file
+from ssondo_cache.provenance import code_version
 from ssondo_cache.shards import CHECKSUM, ShardWriter, encode_audio, member_checksum
 from ssondo_cache.workspace import Workspace
 
@@ -151,12 +153,17 @@ def pack(
             pool=pool,
             progress=progress,
         )
+        fps = [plan.shard_fingerprint(s) for s in range(plan.n_shards)]  # once each: hashes a plan slice
+
+        def done(s: int) -> bool:
+            return _complete(ws, s, fps[s])
+
         owned = [s for s in range(plan.n_shards) if s % world_size == rank]
-        todo = [s for s in owned if not shard_complete(ws, plan, s)] if pack_shards else []
+        todo = [s for s in owned if not done(s)] if pack_shards else []
         if todo and not _manifest_current(ws, plan.fingerprint):
             # Shards are about to change: a manifest of an earlier pack must not outlive them.
             ws.clips_manifest.unlink(missing_ok=True)
-        tasks = [(str(ws.root), s, plan.shard_items(s), plan.params, plan.shard_fingerprint(s)) for s in todo]
+        tasks = [(str(ws.root), s, plan.shard_items(s), plan.params, fps[s]) for s in todo]
         bar = tqdm(
             total=sum(len(t[2]) for t in tasks),
             unit="clip",
@@ -166,20 +173,20 @@ def pack(
         results = pool.imap_unordered(_build_shard_task, tasks) if pool else map(_build_shard_task, tasks)
         for n in lifecycle.until_stopped(results):  # a stop signal: the shards in flight are abandoned
             bar.update(n)
-        held = [t for t in tasks if not shard_complete(ws, plan, t[1])]  # claimed by other live jobs
+        held = [t for t in tasks if not done(t[1])]  # claimed by other live jobs
         while held and lifecycle.stop_requested() is None:
             time.sleep(CLAIM_POLL)
             for task in held:
                 bar.update(_build_shard_task(task))
-            held = [t for t in held if not shard_complete(ws, plan, t[1])]
+            held = [t for t in held if not done(t[1])]
         lifecycle.raise_if_stopped(
             lambda: (
-                f"{sum(shard_complete(ws, plan, s) for s in todo)} of this rank's {len(todo)} shards "
+                f"{sum(map(done, todo))} of this rank's {len(todo)} shards "
                 f"written by this run, the rest left to do in {ws.shards_dir}"
             )
         )
         bar.close()
-    missing = [s for s in range(plan.n_shards) if not shard_complete(ws, plan, s)]
+    missing = [s for s in range(plan.n_shards) if not done(s)]
     result = PackResult(
         work=ws.root,
         n_inputs=plan.n_inputs,
@@ -201,7 +208,7 @@ def pack(
         "inputs": [os.path.abspath(p) for p in inputs],
         "labels_csv": os.path.abspath(labels_csv) if labels_csv else None,
     }
-    return _finalize(ws, plan, result, provenance)
+    return _finalize(ws, plan, fps, result, provenance)
 
 
 CLAIM_POLL = 1.0  # seconds between looks at shards other jobs are building
@@ -218,8 +225,11 @@ def part_path(ws: Workspace, shard: int, fingerprint: str) -> Path:
 
 
 def shard_complete(ws: Workspace, plan: Plan, shard: int) -> bool:
-    fp = plan.shard_fingerprint(shard)
-    return ws.shard_path(shard).is_file() and part_path(ws, shard, fp).is_file()
+    return _complete(ws, shard, plan.shard_fingerprint(shard))
+
+
+def _complete(ws: Workspace, shard: int, fingerprint: str) -> bool:
+    return ws.shard_path(shard).is_file() and part_path(ws, shard, fingerprint).is_file()
 
 
 def build_shard(
@@ -236,11 +246,11 @@ def build_shard(
     clips: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     with atomic_path(tar_path) as tmp, open(tmp, "wb") as f, ShardWriter(f) as writer:
-        for item, sha in _with_source_sha(items):
+        for item, sha, src in _with_sources(items):
             lifecycle.raise_if_stopped(
                 f"shard {shard} abandoned; finished shards are kept in {tar_path.parent}"
             )
-            clip = _clip_or_reject(item, sha, params, rejects)
+            clip = _clip_or_reject(item, sha, src, params, rejects)
             if clip is None:
                 continue
             data = encode_audio(clip.pcm, params.sample_rate, params.fmt)
@@ -270,7 +280,7 @@ def build_shard(
 
 
 def _clip_or_reject(
-    item: PlanItem, sha: str | None, params: PackParams, rejects: list[dict[str, Any]]
+    item: PlanItem, sha: str | None, src: A.AudioSource, params: PackParams, rejects: list[dict[str, Any]]
 ) -> A.Clip | None:
     def refuse(reason: str, detail: str) -> None:
         offset = item.start / item.orig_sample_rate
@@ -279,7 +289,7 @@ def _clip_or_reject(
     if sha != item.sha256:
         return refuse("changed", "file missing or changed since planning; re-run pack")
     try:
-        clip = A.prepare_clip(item.source, item.start, item.stop, params.sample_rate, params.min_duration)
+        clip = A.prepare_clip(src, item.start, item.stop, params.sample_rate, params.min_duration)
     except A.AudioReject as rej:
         return refuse(rej.reason, rej.detail)
     if clip.silent and params.reject_silent:
@@ -287,17 +297,35 @@ def _clip_or_reject(
     return clip
 
 
-def _with_source_sha(items: list[PlanItem]) -> Iterator[tuple[PlanItem, str | None]]:
-    """Each item with its source's sha256 now, hashing a file once for consecutive segments."""
-    path, sha = None, None
-    for item in items:
-        if item.source != path:
-            path = item.source
-            try:
-                sha = sha256_file(path)
-            except OSError:
-                sha = None
-        yield item, sha
+READ_WHOLE_MAX = 256 << 20  # bytes; a larger source is memory-mapped (page cache, not this process's heap)
+
+
+def _with_sources(items: list[PlanItem]) -> Iterator[tuple[PlanItem, str | None, A.AudioSource]]:
+    """Each item with its source's sha256 now and the bytes that hash was taken of, read once for
+    consecutive segments of one file: what is decoded is what was hashed (a read file, exactly; a
+    memory-mapped one, unless it is rewritten in place meanwhile), never a second read of the path."""
+    path, sha, data = None, None, b""
+    with contextlib.ExitStack() as held:
+        for item in items:
+            if item.source != path:
+                held.close()  # the previous source's bytes or mapping go
+                path, sha, data = item.source, None, b""
+                try:
+                    data = held.enter_context(_source_bytes(path))
+                    sha = hashlib.sha256(data).hexdigest()
+                except OSError:
+                    pass
+            yield item, sha, data
+
+
+@contextlib.contextmanager
+def _source_bytes(path: str) -> Iterator[bytes | mmap.mmap]:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= READ_WHOLE_MAX:
+            yield f.read()
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
 
 
 def _build_shard_task(task: tuple) -> int:
@@ -308,7 +336,7 @@ def _build_shard_task(task: tuple) -> int:
     if claim is None:
         return 0
     with claim:
-        if ws.shard_path(shard).is_file() and part_path(ws, shard, fingerprint).is_file():
+        if _complete(ws, shard, fingerprint):
             return 0
         return build_shard(ws, shard, items, params, fingerprint)
 
@@ -321,23 +349,27 @@ def _parts_of(ws: Workspace, shard: int) -> list[Path]:
 # ---- 3. finalize -----------------------------------------------------------------------------
 
 
-def _finalize(ws: Workspace, plan: Plan, result: PackResult, provenance: dict[str, Any]) -> PackResult:
+def _finalize(
+    ws: Workspace, plan: Plan, fps: list[str], result: PackResult, provenance: dict[str, Any]
+) -> PackResult:
     """Gather the shards' sidecars into rejects.parquet and clips.parquet (unless already current)."""
     meta = table_meta(pq.read_schema(ws.clips_manifest)) if _manifest_current(ws, plan.fingerprint) else {}
     if all(k in meta for k in ("n_clips", "n_rejected", "n_silent", "reasons")):  # finished: write nothing
         result.n_packed, result.n_rejected = meta["n_clips"], meta["n_rejected"]
         result.n_silent, result.reasons = meta["n_silent"], meta["reasons"]
     else:
-        _write_manifests(ws, plan, result, provenance)
+        _write_manifests(ws, plan, fps, result, provenance)
     _remove_stale(ws, plan)
     result.complete = True
     return result
 
 
-def _write_manifests(ws: Workspace, plan: Plan, result: PackResult, provenance: dict[str, Any]) -> None:
+def _write_manifests(
+    ws: Workspace, plan: Plan, fps: list[str], result: PackResult, provenance: dict[str, Any]
+) -> None:
     tables, rejects, n_rows, n_silent = [], list(plan.rejects), 0, 0
     for shard in range(plan.n_shards):  # one Arrow table per shard: no 2M-row list of dicts
-        part = json.loads(part_path(ws, shard, plan.shard_fingerprint(shard)).read_text())
+        part = json.loads(part_path(ws, shard, fps[shard]).read_text())
         rows = [{**clip, "row": n_rows + i, "shard": shard} for i, clip in enumerate(part["clips"])]
         n_rows += len(rows)
         n_silent += sum(r["silent"] for r in rows)

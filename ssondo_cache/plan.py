@@ -29,7 +29,7 @@ from ssondo_cache.provenance import sha256_file
 from ssondo_cache.shards import FORMATS
 
 DEFAULT_MIN_DURATION = 0.1  # seconds; spoken digits are ~0.4 s, so keep this low
-LAYOUT_VERSION = 2  # bump when the bytes for the same plan change (2: libsoxr): old shards get rebuilt
+LAYOUT_VERSION = 3  # bump when the bytes for the same plan change (2: libsoxr, 3: its HQ float32 engine): old shards get rebuilt
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,26 @@ def encode_audio(pcm: np.ndarray, sample_rate: int, fmt: str) -> bytes:
         raise ValueError(f"unknown audio format {fmt!r}; choose one of {sorted(FORMATS)}")
     if pcm.dtype != np.int16:
         raise TypeError(f"encode_audio expects int16 samples, got {pcm.dtype}")
+    if fmt == "wav":
+        return wav_pcm16(pcm, sample_rate)
     buf = io.BytesIO()
     sf.write(buf, pcm, sample_rate, format=FORMATS[fmt], subtype="PCM_16")
     return buf.getvalue()
+
+
+def wav_pcm16(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """(samples,) int16 -> a mono PCM_16 WAV file: the 44-byte header libsndfile writes, then the samples
+    (the same bytes as ``soundfile.write``, without its callback-per-block writes through BytesIO)."""
+    size = 2 * len(pcm)
+    if size + 36 > 0xFFFFFFFF:
+        raise ValueError(
+            f"{len(pcm)} samples do not fit a WAV file's 4-GiB size fields; pack with --max-duration"
+        )
+    # fmt chunk: PCM, 1 channel, rate, bytes per second, block align, bits per sample
+    fmt_chunk = struct.pack("<HHIIHH", 1, 1, sample_rate, 2 * sample_rate, 2, 16)
+    riff = struct.pack("<4sI4s4sI", b"RIFF", size + 36, b"WAVE", b"fmt ", len(fmt_chunk))
+    header = riff + fmt_chunk + struct.pack("<4sI", b"data", size)
+    return header + pcm.astype("<i2", copy=False).tobytes()
 
 
 def decode_audio(data: bytes, ext: str) -> tuple[np.ndarray, int]:

@@ -1,6 +1,6 @@
 """Reading a task's audio: decode, mix to mono, resample, crop or pad to the task's clip length.
 
-Mixing down and resampling are the packer's (``ssondo_cache.audio``: float64 channel mean, libsoxr), so
+Mixing down and resampling are the packer's (``ssondo_cache.audio``: float32 channel mean, libsoxr HQ), so
 a task clip and a packed clip of the same file hold the same samples. A task whose ``audio_cache`` is
 set (``decoded_audio.with_decoded_audio``) reads each clip decoded once for all the models of a run.
 """

@@ -42,15 +42,16 @@ INTERFACE_COLUMNS = {
 
 
 def expected_pcm(source: str, offset_s: float, n_frames_max: int | None, sr: int) -> np.ndarray:
-    """Reference: decode, mean over channels and libsoxr (VHQ) resample in float64, round to int16."""
+    """Reference: decode, float32 mean over channels (summed in channel order), libsoxr HQ resample in
+    float32, round to int16."""
     info = sf.info(source)
     start = int(round(offset_s * info.samplerate))
     stop = info.frames if n_frames_max is None else min(info.frames, start + n_frames_max)
     x, orig = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
-    y = x.astype(np.float64).mean(axis=1)
+    y = sum(x[:, c] for c in range(x.shape[1])) / np.float32(x.shape[1])  # float32 throughout
     if orig != sr:
-        y = soxr.resample(y, orig, sr, quality="VHQ")
-    return np.clip(np.rint(y * 32768), -32768, 32767).astype(np.int16)
+        y = soxr.resample(y, orig, sr, quality="HQ")
+    return np.clip(np.rint(y.astype(np.float64) * 32768), -32768, 32767).astype(np.int16)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
@@ -358,3 +359,58 @@ def test_file_changed_between_plan_and_pack_is_refused(tmp_path: Path) -> None:
     assert [c["key"] for c in part["clips"]] == ["0", "2"]
     assert [(Path(r["path"]).name, r["reason"]) for r in part["rejects"]] == [("1.wav", "changed")]
     assert [s["__key__"] for s in wds.WebDataset([str(ws.shard_path(0))], shardshuffle=False)] == ["0", "2"]
+
+
+def test_build_reads_each_source_once_and_decodes_the_hashed_bytes(tmp_path: Path, monkeypatch) -> None:
+    """Issue 17: one open per source (its segments included) and one resample per clip; what is decoded
+    is the buffer that was hashed, never the path again (a file changed between the two reads used to
+    be decoded under the sha256 of its old bytes)."""
+    from ssondo_cache import audio as A
+    from ssondo_cache.pack import build_shard
+    from ssondo_cache.plan import PackParams, make_plan
+    from ssondo_cache.workspace import Workspace
+
+    write_audio(tmp_path / "in" / "a.flac", 0.3, 44100, 2, seed=1)
+    write_audio(tmp_path / "in" / "b.wav", 0.3, 48000, 1, seed=2)
+    write_audio(tmp_path / "in" / "long.wav", 2.5, 44100, 2, seed=3)  # 3 segments of one file
+    plan = make_plan([tmp_path / "in"], PackParams(32000, "flac", 10, 0.1, 1.0, False))
+    sources = {it.source for it in plan.items}
+    opened, decoded_from, resampled = [], [], []
+    real_open, real_soundfile, real_resample = open, A.sf.SoundFile, A.soxr.resample
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+
+    def soundfile(f, mode="r", *a, **k):  # reads only: encoding a FLAC member opens one to write
+        if "r" in mode:
+            decoded_from.append(f)
+        return real_soundfile(f, mode, *a, **k)
+
+    monkeypatch.setattr(A.sf, "SoundFile", soundfile)
+    monkeypatch.setattr(A.soxr, "resample", lambda *a, **k: (resampled.append(1), real_resample(*a, **k))[1])
+    ws = Workspace(tmp_path / "w")
+    assert build_shard(ws, 0, plan.shard_items(0), plan.params, plan.shard_fingerprint(0)) == 5
+    assert sorted(p for p in opened if p in sources) == sorted(sources)  # each exactly once
+    assert len(decoded_from) == 5 and not any(isinstance(f, str | Path) for f in decoded_from)
+    assert len(resampled) == 5
+
+
+def test_a_memory_mapped_source_packs_the_same_bytes(small_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """Sources above READ_WHOLE_MAX are mapped, not read into memory: the shards do not change."""
+    import ssondo_cache.pack as pack_mod
+
+    pack([small_corpus], tmp_path / "read", shard_size=4, progress=False)
+    monkeypatch.setattr(pack_mod, "READ_WHOLE_MAX", 0)
+    pack([small_corpus], tmp_path / "mapped", shard_size=4, progress=False)
+    assert tree_digest(tmp_path / "read") == tree_digest(tmp_path / "mapped")
+
+
+def test_each_shard_fingerprint_is_computed_once_per_pack(
+    small_corpus: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A fingerprint hashes its whole plan slice (~0.2 ms per clip): pack used to compute each one 4-5 times."""
+    from ssondo_cache.plan import Plan
+
+    calls: list[int] = []
+    real = Plan.shard_fingerprint
+    monkeypatch.setattr(Plan, "shard_fingerprint", lambda self, s: (calls.append(s), real(self, s))[1])
+    res = pack([small_corpus], tmp_path / "w", shard_size=2, progress=False)
+    assert res.complete and sorted(calls) == list(range(res.n_shards))
