@@ -329,6 +329,13 @@ def main() -> None:
     ap.add_argument(
         "--memory-dim", type=int, default=3840, help="embedding width of the --cluster-memory runs"
     )
+    ap.add_argument("--memory-levels", default="clip,window", help="levels of the --cluster-memory runs")
+    ap.add_argument(
+        "--memory-max-iter",
+        type=int,
+        default=100,
+        help="Lloyd iterations at most (the peak is reached in the first)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch, FAISS, BLAS: one core per stage process
     meta = {
@@ -350,7 +357,10 @@ def main() -> None:
         from scale_memory import cluster_memory
 
         sizes = [int(x) for x in args.cluster_memory.split(",")]
-        out["cluster_memory"] = cluster_memory(sizes, args.memory_dim, args.out / "memory")
+        levels = tuple(args.memory_levels.split(","))
+        out["cluster_memory"] = cluster_memory(
+            sizes, args.memory_dim, args.out / "memory", levels, args.memory_max_iter
+        )
         save(out, args.out)
     print(f"wrote {args.out / 'scale.json'}" + (f" and {args.out / 'scale.png'}" if results else ""))
 

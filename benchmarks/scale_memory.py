@@ -21,31 +21,35 @@ from scale import TARGET, K, run_stages
 # ---------------------------------------------------------------- stage (its own process)
 
 
-def st_cluster_cache_only(work: Path, level: str) -> None:
+def st_cluster_cache_only(work: Path, level: str, max_iter: int) -> None:
     from ssondo_cache.cluster import cluster_cache
 
-    cluster_cache(work, "ts1-hop1", K, level=level, device="cpu", force=True, progress=False)
+    cluster_cache(
+        work, "ts1-hop1", K, level=level, device="cpu", max_iter=max_iter, force=True, progress=False
+    )
 
 
-def cluster_memory(sizes: list[int], dim: int, root: Path) -> dict[str, Any]:
-    """Peak RSS of cluster_cache at each size, both levels, and the labelled 2 M extrapolation."""
+def cluster_memory(sizes: list[int], dim: int, root: Path, levels: tuple[str, ...] = ("clip", "window"),
+                   max_iter: int = 100) -> dict[str, Any]:  # fmt: skip
+    """Peak RSS of cluster_cache at each size and level, and the labelled 2 M extrapolation. Every array
+    of the run exists by the first Lloyd iteration, so a small `max_iter` measures the same peak, cheaper."""
     from ssondo_cache.kmeans_sample import default_sample
     from tests.cache.test_kmeans_stream import make_cache  # scale.py put the repository on sys.path
 
     cap = default_sample(K, dim)
-    got: dict[str, dict[int, dict[str, float]]] = {"clip": {}, "window": {}}
+    got: dict[str, dict[int, dict[str, float]]] = {level: {} for level in levels}
     for n in sizes:
         shutil.rmtree(root, ignore_errors=True)
         t0 = time.perf_counter()
         work = make_cache(root, n=n, dim=dim, k=8)
         print(f"{n:,} x {dim}: cache written in {time.perf_counter() - t0:.1f} s", flush=True)
         for level in got:
-            (m,) = run_stages([(st_cluster_cache_only, (work, level))])
+            (m,) = run_stages([(st_cluster_cache_only, (work, level, max_iter))])
             got[level][n] = m
             print(f"  cluster {level} D={dim}: {m['seconds']:.1f} s (CPU {m['cpu']:.1f}), "
                   f"peak RSS {m['rss'] / 2**30:.2f} GB", flush=True)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
-    out: dict[str, Any] = {"dim": dim, "k": K, "training_sample": cap, "by_level": {}}
+    out: dict[str, Any] = {"dim": dim, "k": K, "max_iter": max_iter, "training_sample": cap, "by_level": {}}
     print(f"\nclustering peak RSS, D = {dim}, k = {K}, training sample {cap:,} points "
           f"({cap * dim * 4 / 2**30:.2f} GB float32)")  # fmt: skip
     for level, by_n in got.items():
