@@ -24,9 +24,11 @@ ViT-B MATPAC forward with random weights (fp32, precise mode), each timed altern
 student in this process: "N x faster than the teacher" = teacher ms / student ms, same CPU, same load.
 
 ``--sensitivity`` (needs --run): what each fp32 choice of ``quantize.KEEP_FP32`` buys, measured on
-the held-out clips (TorchScript / FX, ``--calibrate`` clips; the per-clip cosine of the output to fp32):
-everything int8; the export's choice; the choice with each role (or op) put back to int8; then one
-layer at a time (only it int8, all else fp32), the layers sorted by the error each alone adds.
+``--check`` held-out clips (TorchScript / FX, ``--calibrate`` clips; the per-clip cosine of the output
+to fp32), for each of ``--observers``, from one calibration per observer: everything int8; the
+export's choice; the choice with each role (or op) put back to int8. ``--greedy K`` then keeps one
+more layer fp32 at a time, the one that raises the min cosine of the 8 worst clips most, until the
+min reaches ``--min-cosine`` (default 0.999) or K layers are added.
 
 ``--task SPEC`` (needs --run): the int8 TorchScript embedding and the eager fp32 embedding of every
 item of the task, each probed (``ssondo_eval.probe``, its default protocol): the score delta is
@@ -151,55 +153,99 @@ def probe_int8(run: Path, spec: str, threads: int) -> None:
         )
 
 
-def sensitivity(run: Path, work: Path, what: str, clip_seconds: float, calibrate: int) -> None:
-    """Per-clip cosine to fp32 on held-out clips: every fp32 choice of KEEP_FP32, then layer by layer."""
-    from torch.ao.quantization import QConfigMapping
-
+def sensitivity(
+    run: Path,
+    work: Path,
+    what: str,
+    clip_seconds: float,
+    calibrate: int,
+    check: int | None,
+    observers: list[str],
+    greedy: int,
+    target: float,
+) -> None:
+    """Per-clip cosine to fp32 on held-out clips: each activation observer, every fp32 choice of
+    KEEP_FP32, then a greedy search for the next layer to keep fp32 (the one that raises the min most)."""
     model, meta = load_student(run / "student.pt")
+    name = meta["student"]["name"]
     deploy = Deployable(model, what, model.frontend.mel).eval()
-    cs = quantize.calibration_set(work, calibrate, int(clip_seconds * model.sample_rate), model.sample_rate)
+    sr = model.sample_rate
+    cs = quantize.calibration_set(work, calibrate, int(clip_seconds * sr), sr, check)
     with torch.inference_mode():
-        ref = deploy(cs.check).numpy().astype(np.float64)  # (m, D)
-
-    def cosines(qmap: object) -> tuple[np.ndarray, int]:
-        q, n, _ = quantize.quantize_module(deploy, cs.calibrate, meta["student"]["name"], qmap)
-        with torch.inference_mode():
-            got = torch.cat([q(c[None]) for c in cs.check]).numpy().astype(np.float64)
-        return (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)), n
-
-    def row(label: str, qmap: object) -> float:
-        cos, n = cosines(qmap)
-        print(f"{label:<58} {n:>5d} {cos.min():>9.5f} {cos.mean():>9.5f} {1 - cos.mean():>9.1e}", flush=True)
-        return float(1 - cos.mean())
-
+        ref = torch.cat([deploy(c[None]) for c in cs.check]).double()  # (m, D)
     keep = quantize.fp32_modules(deploy)
-    print(
-        f"int8 sensitivity of {meta['student']['name']} ({what}), calibrated on {len(cs.calibrate)} clips of "
-        f"{work}, checked on {len(cs.check)} held-out {clip_seconds:g}-s clips"
-    )
-    print(f"{'int8 of':<58} {'int8':>5} {'min cos':>9} {'mean cos':>9} {'1 - mean':>9}")
-    row("everything", quantize.qconfig_mapping(deploy, keep={}, keep_ops=()))
-    row("the export's choice (KEEP_FP32 + KEEP_FP32_OPS fp32)", None)
-    for role in keep:
-        row(
-            f"  but {role} int8",
-            quantize.qconfig_mapping(deploy, {r: v for r, v in keep.items() if r != role}),
-        )
-    for op in quantize.KEEP_FP32_OPS:
-        row(
-            f"  but {op} int8",
-            quantize.qconfig_mapping(deploy, keep, [o for o in quantize.KEEP_FP32_OPS if o != op]),
-        )
     layers = [n for n, m in deploy.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    errors = {}
-    for name in layers:  # only this layer int8 (its input quantised, its output dequantised)
-        qmap = QConfigMapping().set_global(None).set_module_name(name, quantize.int8_qconfig())
-        errors[name] = float(1 - cosines(qmap)[0].mean())
-    print("one layer int8 at a time (all else fp32), the largest 1 - mean cosine first:")
-    for name, err in sorted(errors.items(), key=lambda kv: -kv[1])[:20]:
-        role = next((r for r, v in keep.items() if name in v or any(name.startswith(x + ".") for x in v)), "")
-        print(f"  {name:<56} {err:>9.1e} {role}")
-    print(f"  sum over all {len(errors)} layers {sum(errors.values()):.1e}")
+    print(
+        f"int8 sensitivity of {name} ({what}), calibrated on {len(cs.calibrate)} clips of {work}, "
+        f"checked on {len(cs.check)} held-out {clip_seconds:g}-s clips; per-clip cosine of the output to fp32"
+    )
+    print(f"{'observer':<10} {'int8 of':<52} {'int8':>5} {'min cos':>9} {'mean cos':>9} {'1 - mean':>9}")
+    prepared = {}
+    for obs in observers:  # one calibration per observer; every fp32 choice is a conversion of it
+        everything = quantize.qconfig_mapping(deploy, keep={}, keep_ops=(), observer=obs)
+        prepared[obs] = quantize.calibrate_module(deploy, cs.calibrate, name, everything)
+
+        def row(label: str, kept: dict, ops: tuple = quantize.KEEP_FP32_OPS, obs: str = obs) -> np.ndarray:
+            cos, n = _cosines(
+                prepared[obs], quantize.qconfig_mapping(deploy, kept, ops, obs), cs.check, ref, name
+            )
+            print(
+                f"{obs:<10} {label:<52} {n:>5d} {cos.min():>9.5f} {cos.mean():>9.5f} {1 - cos.mean():>9.1e}"
+            )
+            return cos
+
+        row("everything", {}, ())
+        row("the export's choice (KEEP_FP32 + KEEP_FP32_OPS fp32)", keep)
+        for role in keep:
+            row(f"  but {role} int8", {r: v for r, v in keep.items() if r != role})
+        for op in quantize.KEEP_FP32_OPS:
+            row(f"  but {op} int8", keep, tuple(o for o in quantize.KEEP_FP32_OPS if o != op))
+        for role in quantize.OTHER_ROLES:
+            row(f"  and {role} fp32", keep | quantize.fp32_modules(deploy, [role]))
+        row("  and the mean pooling fp32", keep, (*quantize.KEEP_FP32_OPS, "mean"))
+    obs = observers[0]
+    kept = {r: list(v) for r, v in keep.items()}
+    cos, _ = _cosines(
+        prepared[obs], quantize.qconfig_mapping(deploy, kept, observer=obs), cs.check, ref, name
+    )
+    for step in range(greedy):  # keep one more layer fp32: the one that raises the worst clips' min most
+        if cos.min() >= target:
+            break
+        worst = np.argsort(cos)[:8]
+        free = [
+            n for n in layers if not any(n == k or n.startswith(k + ".") for v in kept.values() for k in v)
+        ]
+        gain = {}
+        for layer in free:
+            qmap = quantize.qconfig_mapping(
+                deploy, {**kept, "extra": kept.get("extra", []) + [layer]}, observer=obs
+            )
+            gain[layer] = _cosines(prepared[obs], qmap, cs.check[worst], ref[worst], name)[0].min()
+        best = max(gain, key=gain.__getitem__)
+        kept["extra"] = kept.get("extra", []) + [best]
+        cos, n = _cosines(
+            prepared[obs], quantize.qconfig_mapping(deploy, kept, observer=obs), cs.check, ref, name
+        )
+        runner_up = sorted(gain.values())[-2] if len(gain) > 1 else float("nan")
+        print(
+            f"greedy {step + 1} ({obs}): + {best} fp32 -> min {cos.min():.5f} mean {cos.mean():.5f} "
+            f"({n} int8 layers; on the 8 worst: {gain[best]:.5f}, next best layer {runner_up:.5f})",
+            flush=True,
+        )
+    print(
+        f"worst clips ({obs}, final keeps):",
+        ", ".join(f"{cs.keys[len(cs.calibrate) + i]} {cos[i]:.5f}" for i in np.argsort(cos)[:5]),
+    )
+
+
+def _cosines(
+    prepared: object, qmap: object, clips: torch.Tensor, ref: torch.Tensor, name: str
+) -> tuple[np.ndarray, int]:
+    """Per-clip cosine to ``ref`` (m, D) of the int8 conversion of ``prepared`` under ``qmap``."""
+    q, n, _ = quantize.convert_module(prepared, name, qmap)
+    with torch.inference_mode():
+        got = torch.cat([q(c[None]) for c in clips]).double()
+    return torch.nn.functional.cosine_similarity(got, ref, dim=1).numpy(), n
 
 
 def main() -> None:
@@ -247,6 +293,19 @@ def main() -> None:
         action="store_true",
         help="what each fp32 layer buys (int8 accuracy only); needs --run",
     )
+    ap.add_argument(
+        "--check", type=int, default=None, help="--sensitivity: held-out clips (default calibrate // 4)"
+    )
+    ap.add_argument(
+        "--observers",
+        nargs="+",
+        choices=sorted(quantize.ACTIVATION_OBSERVERS),
+        default=[quantize.ACTIVATION_OBSERVER],
+        help="--sensitivity: activation observers compared (the first one is searched greedily)",
+    )
+    ap.add_argument(
+        "--greedy", type=int, default=0, help="--sensitivity: layers to add to the fp32 keeps, one at a time"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.sensitivity:
@@ -255,7 +314,17 @@ def main() -> None:
         work = args.work or quantize.run_workspace(args.run / "student.pt")
         if work is None:
             ap.error(f"--sensitivity: {args.run} records no workspace; pass --work WORK")
-        sensitivity(args.run, work, args.what, args.clip_seconds, args.calibrate)
+        sensitivity(
+            args.run,
+            work,
+            args.what,
+            args.clip_seconds,
+            args.calibrate,
+            args.check,
+            args.observers,
+            args.greedy,
+            args.min_cosine or 0.999,
+        )
         return
 
     rows = []

@@ -14,21 +14,26 @@ measured worse on the demo's trained mn04 (per-clip cosine of the embedding to f
 2-s demo clips: min 0.969, mean 0.993; 8-bit activations with per-tensor 8-bit weights: min 0.995,
 mean 0.998; 7-bit per-channel weights, on the projection: min 0.994, mean 0.998).
 
-Not every layer is worth its error: ``KEEP_FP32`` names the roles left in fp32 (the first
-convolution, whose input is the log-mel itself; the activation the embedding pools; the head's last
-Linear, whose output is the export's output) and ``KEEP_FP32_OPS`` the ops (the mean pooling),
-chosen by putting one part at a time back to int8 (``benchmarks/export.py --sensitivity``) on a
-trained mn04 (/tmp/lever noaug_steps2k_balanced; projection, 2-s crops; per-clip cosine to fp32,
-min / mean): everything int8 0.890 / 0.982 on 32 held-out clips (32 calibrating), 0.835 / 0.971 on 16
-(64 calibrating); this choice 0.997 / 0.9997 and 0.972 / 0.9978. Put back to int8, the stem alone
-costs the most (0.890 / 0.986, 0.869 / 0.977), then the output Linear (0.979 / 0.996, 0.972 / 0.995);
-the pooled activation and the mean change little (<= 1e-4 in mean); the squeeze-excitation gates
-nothing (so they are int8). The kept layers are a small share of the compute.
+Activation ranges: the full range the calibration clips reach (``ACTIVATION_OBSERVER`` "minmax"), not
+a histogram-fitted one that clips the rare large values: on a trained mn04 (/tmp/lever
+noaug_steps8k_balanced, projection, 10-s clips, 64 calibrating, 64 held out; per-clip cosine to fp32,
+min / mean) histogram ranges gave 0.710 / 0.968, min-max ranges 0.975 / 0.998 with the same fp32
+keeps (``benchmarks/export.py --sensitivity --observers histogram minmax``).
 
-TorchScript: torch.ao's FX flow (``prepare_fx`` / ``convert_fx``, histogram observers for the
-activations, the x86 mapping's fixed ranges for sigmoid-like ops). The front-end stays fp32 (not
-traced, not quantised): an int8 mel would change every input the student sees. PT2E is not used:
-in torch 2.14 it lives in ``torchao``, not a dependency here. ONNX: ``quantize_onnx``.
+Not every layer is worth its error: ``KEEP_FP32`` names the roles left in fp32, chosen by putting
+one role at a time back to int8 on that student with min-max ranges: the head's last Linear, whose
+output is the export's output (int8: 0.947 / 0.996). The first convolution (it reads the log-mel)
+was kept fp32 while ranges were histogram-fitted, where quantising the log-mel was most of the
+error; with min-max ranges keeping it costs accuracy (int8: 0.988 / 0.9986), so it is int8 now,
+as are the activation the embedding pools and the mean pooling (<= 1e-4 either way). Keeping one
+more layer fp32 buys little and about as much whichever layer it is (``--greedy``: the best,
+block 6's squeeze-excitation fc2, raises the min 0.975 -> 0.982, the next best 0.982): the error
+left is spread over the network, not in one layer.
+
+TorchScript: torch.ao's FX flow (``prepare_fx`` / ``convert_fx``, the x86 mapping's fixed ranges
+for sigmoid-like ops). The front-end stays fp32 (not traced, not quantised): an int8 mel would change
+every input the student sees. PT2E is not used: in torch 2.14 it lives in ``torchao``, not a
+dependency here. ONNX: ``quantize_onnx``.
 
 Rounding still differs between kernels (fbgemm, MLAS, per ISA): the int8 output is not
 bit-identical across machines; what holds everywhere is its agreement with fp32 (the cosine).
@@ -122,12 +127,16 @@ def _fit(audio: np.ndarray, samples: int) -> np.ndarray:
     return np.tile(audio, -(-samples // len(audio)))[:samples]
 
 
-def calibration_set(work: Path, n: int, samples: int, sample_rate: int) -> CalibrationSet:
-    """``n`` calibration + ``held_out(n)`` check clips of ``samples`` samples from WORK's shards."""
+def calibration_set(
+    work: Path, n: int, samples: int, sample_rate: int, check: int | None = None
+) -> CalibrationSet:
+    """``n`` calibration + ``check`` (default ``held_out(n)``) check clips of ``samples`` samples
+    from WORK's shards."""
     if n < 1:
         raise ValueError(f"need at least 1 calibration clip, got {n}")
     shards = sorted(Workspace(work).shards_dir.glob("clips-*.tar"))
-    want = n + held_out(n)
+    check = held_out(n) if check is None else check
+    want = n + check
     keys, clips = [], []
     for key, audio, sr in _round_robin(shards):
         if sr != sample_rate:
@@ -144,7 +153,7 @@ def calibration_set(work: Path, n: int, samples: int, sample_rate: int) -> Calib
     if len(clips) < want:
         raise ExportError(
             f"calibration workspace {work} has {len(clips)} usable clips; int8 with --calibrate {n} needs "
-            f"{want} ({n} to calibrate, {held_out(n)} held out to check); pass a smaller --calibrate"
+            f"{want} ({n} to calibrate, {check} held out to check); pass a smaller --calibrate"
         )
     x = torch.from_numpy(np.stack(clips).astype(np.float32))  # (want, samples)
     return CalibrationSet(work, x[:n], x[n:], tuple(keys))
@@ -178,17 +187,17 @@ def _pooled(deploy: nn.Module) -> list[str]:
 
 
 # role -> the Deployable's modules that play it (qualified names); kept fp32 in both formats
-KEEP_FP32: dict[str, Callable[[nn.Module], list[str]]] = {
-    "stem": _stem,
-    "pooled": _pooled,
-    "output": _output,
-}
-KEEP_FP32_OPS = ("mean",)  # tensor methods kept fp32 where their input is fp32: the embedding's pooling
+KEEP_FP32: dict[str, Callable[[nn.Module], list[str]]] = {"output": _output}
+KEEP_FP32_OPS: tuple[str, ...] = ()  # tensor methods kept fp32 (none: measured, module doc)
+# roles a caller may add to keep (``fp32_modules(deploy, roles)``): measured not worth it (module doc)
+OTHER_ROLES: dict[str, Callable[[nn.Module], list[str]]] = {"stem": _stem, "pooled": _pooled}
 
 
-def fp32_modules(deploy: nn.Module) -> dict[str, list[str]]:
-    """Role -> qualified names of ``deploy``'s modules that an int8 export leaves in fp32."""
-    return {role: find(deploy) for role, find in KEEP_FP32.items()}
+def fp32_modules(deploy: nn.Module, roles: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Role -> qualified names of ``deploy``'s modules that an int8 export leaves in fp32 (``roles``:
+    names of ``KEEP_FP32`` / ``OTHER_ROLES``; default every role of ``KEEP_FP32``)."""
+    found = KEEP_FP32 | OTHER_ROLES
+    return {role: found[role](deploy) for role in (KEEP_FP32 if roles is None else roles)}
 
 
 # ------------------------------------------------------------------------------- TorchScript (FX)
@@ -209,13 +218,37 @@ def _weighted_int8(module: nn.Module) -> tuple[int, int]:
     return n, convs
 
 
-def int8_qconfig() -> Any:
-    """torch.ao QConfig: 8-bit activations (histogram ranges), per-channel 7-bit symmetric weights."""
-    from torch.ao.quantization import QConfig
-    from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+def _histogram() -> Any:
+    from torch.ao.quantization.observer import HistogramObserver
 
+    return HistogramObserver.with_args(dtype=torch.quint8, reduce_range=False)
+
+
+def _minmax() -> Any:
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    return MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False)
+
+
+# activation observer name -> its factory: the range each activation gets from the calibration clips
+# (histogram: the range that minimises the L2 rounding + clipping error of the histogram seen;
+# minmax: the full range seen)
+ACTIVATION_OBSERVERS: dict[str, Callable[[], Any]] = {"histogram": _histogram, "minmax": _minmax}
+ACTIVATION_OBSERVER = "minmax"  # measured (module doc)
+
+
+def int8_qconfig(observer: str = ACTIVATION_OBSERVER) -> Any:
+    """torch.ao QConfig: 8-bit activations (ranges by ``observer`` of ``ACTIVATION_OBSERVERS``),
+    per-channel 7-bit symmetric weights."""
+    from torch.ao.quantization import QConfig
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    if observer not in ACTIVATION_OBSERVERS:
+        raise ValueError(
+            f"unknown activation observer {observer!r}; choose one of {', '.join(ACTIVATION_OBSERVERS)}"
+        )
     return QConfig(
-        activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=False),
+        activation=ACTIVATION_OBSERVERS[observer](),
         weight=PerChannelMinMaxObserver.with_args(
             dtype=torch.qint8,
             qscheme=torch.per_channel_symmetric,
@@ -226,16 +259,21 @@ def int8_qconfig() -> Any:
 
 
 def qconfig_mapping(
-    deploy: nn.Module, keep: Mapping[str, Sequence[str]] | None = None, keep_ops: Sequence[str] | None = None
+    deploy: nn.Module,
+    keep: Mapping[str, Sequence[str]] | None = None,
+    keep_ops: Sequence[str] | None = None,
+    observer: str = ACTIVATION_OBSERVER,
 ) -> Any:
-    """The FX mapping of an int8 export: everything int8 but the front-end, the modules of ``keep``
-    (role -> qualified names; default ``fp32_modules(deploy)``) and the ops ``keep_ops`` (default
-    ``KEEP_FP32_OPS``)."""
+    """The FX mapping of an int8 export: everything int8 (``int8_qconfig(observer)``) but the
+    front-end, the modules of ``keep`` (role -> qualified names; default ``fp32_modules(deploy)``)
+    and the ops ``keep_ops`` (default ``KEEP_FP32_OPS``)."""
     from torch.ao.quantization import get_default_qconfig_mapping
 
     keep = fp32_modules(deploy) if keep is None else keep
     qmap = (
-        get_default_qconfig_mapping(FX_BACKEND).set_global(int8_qconfig()).set_module_name("frontend", None)
+        get_default_qconfig_mapping(FX_BACKEND)
+        .set_global(int8_qconfig(observer))
+        .set_module_name("frontend", None)
     )
     for names in keep.values():
         for name in names:
@@ -245,15 +283,11 @@ def qconfig_mapping(
     return qmap
 
 
-def quantize_module(
-    deploy: nn.Module, clips: Tensor, student: str, qmap: Any = None
-) -> tuple[nn.Module, int, int]:
-    """Static int8 of ``deploy`` calibrated on ``clips`` (N, S), as ``qmap`` says (default
-    ``qconfig_mapping(deploy)``: front-end and ``KEEP_FP32`` fp32).
-
-    -> (quantised module, int8 weight layers, of which convolutions)."""
+def calibrate_module(deploy: nn.Module, clips: Tensor, student: str, qmap: Any = None) -> Any:
+    """``deploy`` with observers (FX ``prepare_fx`` under ``qmap``, default ``qconfig_mapping(deploy)``)
+    that have seen ``clips`` (N, S) one at a time: ready for ``convert_module``."""
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    from torch.ao.quantization.quantize_fx import prepare_fx
 
     if FX_BACKEND not in torch.backends.quantized.supported_engines:
         raise ExportError(f"this torch build has no {FX_BACKEND!r} quantised engine for int8 on the CPU")
@@ -270,21 +304,47 @@ def quantize_module(
     with torch.inference_mode():
         for clip in clips:
             prepared(clip[None])  # (1, S): observers record activation ranges
+    return prepared
+
+
+def convert_module(prepared: Any, student: str, qmap: Any = None) -> tuple[nn.Module, int, int]:
+    """The int8 model of a ``calibrate_module`` result (left untouched). ``qmap``: None, the
+    calibration's own mapping; or that mapping with more modules / ops set to None (fp32), so that
+    one calibration serves every choice of what stays fp32.
+
+    -> (quantised module, int8 weight layers, of which convolutions)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
     with quiet_export():
-        quantized = convert_fx(prepared)
+        quantized = convert_fx(copy.deepcopy(prepared), qconfig_mapping=qmap)
     n, convs = _weighted_int8(quantized)
     if n == 0:
         raise ExportError(f"int8: no layer of student {student!r} was quantised; export it in fp32")
     return quantized.eval(), n, convs
 
 
+def quantize_module(
+    deploy: nn.Module, clips: Tensor, student: str, qmap: Any = None
+) -> tuple[nn.Module, int, int]:
+    """Static int8 of ``deploy`` calibrated on ``clips`` (N, S), as ``qmap`` says (default
+    ``qconfig_mapping(deploy)``: front-end and ``KEEP_FP32`` fp32).
+
+    -> (quantised module, int8 weight layers, of which convolutions)."""
+    return convert_module(calibrate_module(deploy, clips, student, qmap), student)
+
+
 __all__ = [
+    "ACTIVATION_OBSERVER",
+    "ACTIVATION_OBSERVERS",
     "CALIBRATION_CLIPS",
     "KEEP_FP32",
     "KEEP_FP32_OPS",
+    "OTHER_ROLES",
     "WEIGHT_RANGE",
     "CalibrationSet",
+    "calibrate_module",
     "calibration_set",
+    "convert_module",
     "fp32_modules",
     "held_out",
     "int8_qconfig",
