@@ -107,8 +107,9 @@ def test_static_int8_quantises_the_convolutions(run: Path, work: Path, fmt: str)
     suffix = ".onnx" if fmt == "onnx" else ".ts.pt"
     assert res.path == run / "export" / f"student-projection-int8{suffix}" and res.int8
     v = res.verification
-    assert v["int8_quantized_convs"] == n_conv > 40  # every convolution of mn04 is int8
-    assert v["int8_quantized_ops"] == n_conv + n_linear - 1  # and every Linear but the head's last
+    stem = int(fmt == "onnx")  # ONNX keeps the stem fp32 (quantize_onnx.ONNX_EXTRA_ROLES)
+    assert v["int8_quantized_convs"] == n_conv - stem > 40  # every other convolution of mn04 is int8
+    assert v["int8_quantized_ops"] == n_conv - stem + n_linear - 1  # and every Linear but the head's last
     assert v["calibration"]["clips"] == 8 and v["calibration"]["work"] == str(work.resolve())
     assert "held-out packed clips" in v["audio"] and v["min_cosine"] >= 0.99
 
@@ -217,8 +218,11 @@ def test_sensitive_layers_stay_fp32(run: Path, work: Path, tmp_path: Path) -> No
     export_onnx.export_onnx(onnx_deploy.eval(), cs.check[:1], fp32, True, "projection")
     graph = onnx.load(str(fp32)).graph
     nodes, owner = kept_nodes(graph, onnx_deploy), node_owners(graph, onnx_deploy)
-    assert set(nodes) == {"output"} and {owner[n] for n in nodes["output"]} == {"head.3"}
+    assert set(nodes) == {"output", "stem"} and {owner[n] for n in nodes["output"]} == {"head.3"}
     assert [n.op_type for n in graph.node if n.name in nodes["output"]] == ["Gemm"]
+    # onnxruntime's int8 stem measured worse than FX's: ONNX keeps the stem fp32 too
+    assert {owner[n] for n in nodes["stem"]} == {"backbone.features.0.0"}
+    assert [n.op_type for n in graph.node if n.name in nodes["stem"]] == ["Conv"]
 
 
 def test_fp32_keeps_buy_agreement(run: Path, work: Path) -> None:
