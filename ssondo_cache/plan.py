@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -86,15 +87,29 @@ class Plan:
 
     def shard_fingerprint(self, shard: int) -> str:
         """Identifies what shard ``shard`` must contain: its slice of the plan and the parameters."""
-        items = [asdict(i) for i in self.shard_items(shard)]
-        return _sha({"layout": LAYOUT_VERSION, "params": asdict(self.params), "items": items})
+        return _items_sha(self.shard_items(shard), {"layout": LAYOUT_VERSION, "params": asdict(self.params)})
 
     @cached_property
     def fingerprint(self) -> str:
-        items = [asdict(i) for i in self.items]
-        return _sha(
-            {"layout": LAYOUT_VERSION, "params": asdict(self.params), "items": items, "rejects": self.rejects}
-        )
+        head = {"layout": LAYOUT_VERSION, "params": asdict(self.params), "rejects": self.rejects}
+        return _items_sha(self.items, head)
+
+
+_ITEM_FIELDS = operator.attrgetter(*(f.name for f in fields(PlanItem)))
+
+
+def _item_record(item: PlanItem) -> bytes:
+    """One item as the repr of its field tuple (str, int, None and tuples of str: an exact,
+    deterministic encoding). Not ``asdict`` + JSON: ~25 us a clip, 110 s of a 2 M-clip pack's
+    start-up for the two fingerprints (issue 18); this is ~2 us."""
+    return repr(_ITEM_FIELDS(item)).encode() + b"\n"
+
+
+def _items_sha(items: Sequence[PlanItem], head: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode() + b"\n")
+    for item in items:
+        h.update(_item_record(item))
+    return h.hexdigest()
 
 
 def make_plan(

@@ -414,3 +414,39 @@ def test_each_shard_fingerprint_is_computed_once_per_pack(
     monkeypatch.setattr(Plan, "shard_fingerprint", lambda self, s: (calls.append(s), real(self, s))[1])
     res = pack([small_corpus], tmp_path / "w", shard_size=2, progress=False)
     assert res.complete and sorted(calls) == list(range(res.n_shards))
+
+
+def test_plan_fingerprints_do_not_copy_every_item(monkeypatch) -> None:
+    """A 2,000-shard plan's start-up hashed 2 M items through ``dataclasses.asdict`` twice (120 s
+    measured in benchmarks/scale.py): the fingerprints now encode each item as one JSON line, and
+    still tell any change of an item, of the parameters or of the rejects."""
+    import dataclasses
+
+    import ssondo_cache.plan as plan_mod
+    from ssondo_cache.plan import PackParams, Plan, PlanItem
+
+    calls = []
+    real = dataclasses.asdict
+    monkeypatch.setattr(plan_mod, "asdict", lambda obj: (calls.append(type(obj).__name__), real(obj))[1])
+    params = PackParams(32000, "flac", 4, 0.1, None, False)
+    items = [
+        PlanItem(f"k{i:03d}", f"/d/{i}.wav", "0" * 64, 0, 100 * i + 1, 44100, 2, ("a",), None)
+        for i in range(12)
+    ]
+
+    def plan(items=items, params=params, rejects=()):
+        return Plan(params, list(items), list(rejects), n_inputs=len(items))
+
+    base = plan()
+    shards = [base.shard_fingerprint(s) for s in range(base.n_shards)]
+    assert calls == ["PackParams"] * base.n_shards  # the parameters only, never an item
+    calls.clear()
+    _ = base.fingerprint
+    assert calls == ["PackParams"]
+
+    moved = plan(items[:5] + [dataclasses.replace(items[5], stop=7)] + items[6:])
+    assert moved.fingerprint != base.fingerprint
+    assert [moved.shard_fingerprint(s) == f for s, f in enumerate(shards)] == [True, False, True]
+    assert plan(params=dataclasses.replace(params, fmt="wav")).fingerprint != base.fingerprint
+    assert plan(rejects=[{"path": "/d/x.wav", "reason": "too short"}]).fingerprint != base.fingerprint
+    assert plan().fingerprint == base.fingerprint and plan().shard_fingerprint(2) == shards[2]
