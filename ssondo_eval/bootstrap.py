@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ssondo_eval.probe import score_predictions
+from ssondo_eval.probe_scores import score_predictions
 
 N_BOOT = 1000
 CONFIDENCE = 0.95
@@ -39,7 +39,7 @@ def paired_bootstrap(
 ) -> dict[str, np.ndarray]:
     """Replicate scores (n_boot,) per system, paired over resampled test items (see module doc).
 
-    ``systems``: name -> [seed][fold] per-item test predictions (``probe.prediction``);
+    ``systems``: name -> [seed][fold] per-item test predictions (``probe_scores.prediction``);
     ``test_rows``: per fold, the task rows of its test set (the rows those predictions are in order of);
     ``y``: the task's targets (``Task.targets()``)."""
     if not systems:

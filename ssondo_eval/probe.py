@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import stats
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
+
+from ssondo_eval.probe_scores import mean_ci, prediction, task_score
 
 LR_GRID = (3e-4, 1e-3, 3e-3)  # around EVAR's per-model lr_lineareval values
 
@@ -93,57 +94,6 @@ class ProbeResult:
         return [[s.test_pred for s in per_seed] for per_seed in self.splits]
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
-    """Mean and half width of the two-sided t confidence interval (None for fewer than two values)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("mean_ci needs at least one value")
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, None
-    sem = x.std(ddof=1) / math.sqrt(x.size)
-    t = stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)
-    return mean, float(t * sem)
-
-
-def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    """logits (N, C), y (N,) int -> fraction of argmax hits."""
-    return float((logits.argmax(axis=1) == y).mean())
-
-
-def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
-    """AP = sum over thresholds of (R_n - R_{n-1}) * P_n, tied scores forming one threshold.
-
-    The same definition as sklearn's ``average_precision_score``, vectorised: the probe scores validation
-    mAP every epoch, and sklearn's per-call overhead dominated multi-label probes."""
-    order = np.argsort(-score, kind="mergesort")
-    s, t = score[order], truth[order].astype(np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last row of each run of equal scores
-    tp = np.cumsum(t)[last]
-    fp = (last + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def macro_map(scores: np.ndarray, y: np.ndarray) -> float:
-    """scores (N, C), y (N, C) in {0,1} with NaN = unannotated -> mean AP over classes.
-
-    A class counts only where its annotated rows hold at least one positive and one negative
-    (AP is undefined otherwise).
-    """
-    aps = []
-    for c in range(y.shape[1]):
-        known = ~np.isnan(y[:, c])
-        truth = y[known, c]
-        if truth.size == 0 or truth.min() == truth.max():
-            continue
-        aps.append(average_precision(truth, scores[known, c]))
-    if not aps:
-        raise ValueError("no class has both positive and negative annotated examples: mAP is undefined")
-    return float(np.mean(aps))
-
-
 def _build_model(dim: int, n_out: int, hidden: tuple[int, ...]) -> nn.Module:
     layers: list[nn.Module] = []
     for width in hidden:
@@ -174,20 +124,6 @@ def _stacked_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> to
     known = ~torch.isnan(y)  # (M, B, C)
     bce = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), reduction="none")
     return ((bce * known).sum((1, 2)) / known.sum((1, 2)).clamp(min=1)).sum()
-
-
-def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
-    return macro_map(logits, y) if multilabel else accuracy(logits, y)
-
-
-def prediction(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """What a test row's score is computed from: its class (argmax) or, multi-label, its C scores."""
-    return logits.astype(np.float32) if multilabel else logits.argmax(axis=1).astype(np.int32)
-
-
-def score_predictions(pred: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
-    """The task metric from :func:`prediction` output: accuracy of classes, or macro mAP of scores."""
-    return macro_map(pred, y) if multilabel else float((pred == y).mean())
 
 
 def _forward_all(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -244,7 +180,7 @@ def fit_and_score(
             loss.backward()
             opt.step()
         val_logits = _forward_all(model, xva)
-        val_score = _score(val_logits, y_val, multilabel)
+        val_score = task_score(val_logits, y_val, multilabel)
         # the loss only breaks ties, so it is computed only when the score could win
         val_loss = (
             float(_loss(torch.from_numpy(val_logits), yva, multilabel)) if val_score >= best[0] else 0.0
@@ -257,7 +193,7 @@ def fit_and_score(
     model.load_state_dict(best_state)
     test_logits = _forward_all(model, xte)
     return SplitResult(
-        test_score=_score(test_logits, y_test, multilabel),
+        test_score=task_score(test_logits, y_test, multilabel),
         val_score=best[0],
         best_epoch=best_epoch,
         epochs_run=epoch + 1,
@@ -336,7 +272,7 @@ def fit_many(
         with torch.inference_mode():
             val_logits = torch.baddbmm(b[:, None, :], xva.expand(m_runs, -1, -1), W.transpose(1, 2)).numpy()
         for j in np.flatnonzero(running):
-            val_score = _score(val_logits[j], y_val, multilabel)
+            val_score = task_score(val_logits[j], y_val, multilabel)
             val_loss = (
                 float(_loss(torch.from_numpy(val_logits[j]), yva, multilabel))
                 if val_score >= best[j][0]
@@ -355,7 +291,7 @@ def fit_many(
         test_logits = F.linear(xte, best_w[j], best_b[j]).numpy()
         out.append(
             SplitResult(
-                test_score=_score(test_logits, y_test, multilabel),
+                test_score=task_score(test_logits, y_test, multilabel),
                 val_score=best[j][0],
                 best_epoch=best_epoch[j],
                 epochs_run=epochs_run[j],

@@ -9,7 +9,7 @@ DIR/report/score-<axis>.png     average score vs the axis, CI error bars; curves
 
 Score: the probe's mean over its seeds, per task; "average": the mean over tasks. Gain retention
 (over log-mel) and score retention use ssondo_eval.retention with the reference's teacher and
-baseline scores. CIs: two-sided 95 % t intervals over training seeds (ssondo_eval.probe.mean_ci);
+baseline scores. CIs: two-sided 95 % t intervals over training seeds (ssondo_eval.probe_scores.mean_ci);
 "beyond the CI": the two intervals do not overlap.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.ablate.cells import REFERENCE, read_status
 from ssondo_cache.atomic import write_bytes, write_text
-from ssondo_eval.probe import mean_ci
+from ssondo_eval.probe_scores import mean_ci
 from ssondo_eval.retention import gain_retention, score_retention
 
 AVERAGE = "average"

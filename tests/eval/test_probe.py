@@ -3,16 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from ssondo_eval.probe import (
-    ProbeConfig,
-    average_precision,
-    carve_validation,
-    fit_and_score,
-    macro_map,
-    mean_ci,
-    probe_folds,
-    run_probe,
-)
+from ssondo_eval.probe import ProbeConfig, carve_validation, fit_and_score, probe_folds, run_probe
+from ssondo_eval.probe_scores import average_precision, macro_map, mean_ci
 
 
 def blobs(n_per_class: int, n_classes: int, dim: int, sep: float, seed: int):

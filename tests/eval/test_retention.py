@@ -97,7 +97,7 @@ def test_multilabel_replicates_recompute_the_map():
     )
     rng = np.random.default_rng(3)
     idx = rng.integers(0, 4, size=(50, 4))
-    from ssondo_eval.probe import macro_map
+    from ssondo_eval.probe_scores import macro_map
 
     np.testing.assert_allclose(reps["m"], [macro_map(scores[i], y[i]) for i in idx])
 
@@ -181,7 +181,8 @@ def _report(hits: dict[str, dict[str, int]], n_test: int = 40, n_seeds: int = 3)
     from dataclasses import asdict
     from types import SimpleNamespace
 
-    from ssondo_eval.probe import ProbeConfig, mean_ci
+    from ssondo_eval.probe import ProbeConfig
+    from ssondo_eval.probe_scores import mean_ci
     from ssondo_eval.summary import summarise
 
     labels = list(hits)
