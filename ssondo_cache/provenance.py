@@ -36,12 +36,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
+    # file_digest reads into one reused buffer: a fresh 1-MiB bytes object per read cost ~0.5 ms of page
+    # faults per 1.4-MB file (pack's plan hashes every input)
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def host() -> str:

@@ -132,11 +132,15 @@ def meta_bytes(meta: dict[str, Any]) -> bytes:
 class ShardWriter:
     """Append clips to one tar file with deterministic headers.
 
-    Use on a temporary path and rename when done (see pack.py): a reader never sees a
-    half-written shard under the final name."""
+    Use on a temporary path and rename when done (see pack_shards.py): a reader never sees a
+    half-written shard under the final name. The bytes are those of ``tarfile`` in PAX format (same
+    headers, padding and end record); each member goes out in three writes (header, bytes, padding)
+    instead of tarfile's copy of it through a BytesIO in 16-KiB pieces."""
 
     def __init__(self, fileobj: BinaryIO) -> None:
-        self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._f = fileobj
+        self._offset = 0
+        self._closed = False
 
     def add(self, key: str, audio: bytes, fmt: str, meta: dict[str, Any]) -> None:
         self._member(f"{key}.{fmt}", audio)
@@ -149,10 +153,24 @@ class ShardWriter:
         info.mode = 0o644
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")  # what TarFile.addfile writes
+        pad = -len(data) % tarfile.BLOCKSIZE
+        self._f.write(header)
+        self._f.write(data)
+        if pad:
+            self._f.write(tarfile.NUL * pad)
+        self._offset += len(header) + len(data) + pad
 
     def close(self) -> None:
-        self._tar.close()
+        """The end of the archive, as TarFile.close writes it: two zero blocks, then zeros up to a
+        whole record (20 blocks, like ``tar -b20``)."""
+        if self._closed:
+            return
+        self._closed = True
+        end = 2 * tarfile.BLOCKSIZE
+        end += -(self._offset + end) % tarfile.RECORDSIZE
+        self._f.write(tarfile.NUL * end)
+        self._offset += end
 
     def __enter__(self) -> ShardWriter:
         return self

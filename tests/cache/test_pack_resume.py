@@ -134,6 +134,7 @@ def test_a_2000_shard_pack_resumes_from_stats_without_reading_a_shard(tmp_path: 
     import builtins
 
     import ssondo_cache.pack as pack_mod
+    import ssondo_cache.pack_shards as pack_shards
     from ssondo_cache.plan import PackParams, Plan, PlanItem
     from ssondo_cache.workspace import Workspace
 
@@ -150,7 +151,9 @@ def test_a_2000_shard_pack_resumes_from_stats_without_reading_a_shard(tmp_path: 
         ws.shard_path(s).touch()
         pack_mod.part_path(ws, s, plan.shard_fingerprint(s)).touch()
     monkeypatch.setattr(pack_mod, "make_plan", lambda *a, **k: plan)
-    monkeypatch.setattr(pack_mod, "build_shard", lambda *a, **k: pytest.fail("a complete shard was rebuilt"))
+    monkeypatch.setattr(
+        pack_shards, "build_shard", lambda *a, **k: pytest.fail("a complete shard was rebuilt")
+    )
     opened: list[str] = []
     real_open = builtins.open
 
