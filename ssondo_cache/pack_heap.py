@@ -3,7 +3,8 @@
 Packing one 10-s clip allocates and frees ~10 MB of short-lived buffers (source bytes, decoded float32,
 downmix, resampled, int16, encoded member). With glibc's defaults the freed top of the heap is trimmed
 (returned to the kernel) as soon as it passes 128 KiB, so the next clip faults the same pages in again:
-on the 2-core EPYC VM that page-faulting measured ~2-3 CPU ms per clip (docs/results/pack.md).
+on the 2-core EPYC VM a profile put that page-faulting at ~2-3 CPU ms per clip, which the timed benchmark
+did not confirm (within its noise; docs/results/pack.md).
 ``M_TOP_PAD`` makes glibc keep that much free memory at the top of the heap when it trims (and ask for
 that much extra when it grows). It changes no computed value, only where buffers live; other C libraries
 have no ``mallopt`` and are left as they are. A user's own ``MALLOC_TOP_PAD_`` wins.

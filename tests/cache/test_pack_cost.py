@@ -145,7 +145,7 @@ def test_a_tar_member_is_written_in_three_writes_with_tarfiles_bytes() -> None:
 def test_pack_keeps_freed_heap_while_it_runs_and_gives_the_default_back(
     small_corpus: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """glibc trimmed the ~10 MB each clip frees, so every clip faulted its buffers in again (~2-3 CPU ms
+    """glibc trimmed the ~10 MB each clip frees, so every clip faulted its buffers in again (~2-3 CPU ms in a profile
     of a 10-s clip): pack sets M_TOP_PAD for its run (and for its workers' lives), then glibc's default;
     a user's MALLOC_TOP_PAD_ is left alone. Counted through a stand-in for mallopt."""
     import platform
