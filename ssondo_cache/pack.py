@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ssondo_cache import lifecycle, pack_finalize, pack_heap
+from ssondo_cache import lifecycle, pack_finalize
 from ssondo_cache.pack_shards import build_shard, build_shard_task, is_complete, part_path, shard_complete
 from ssondo_cache.plan import DEFAULT_MIN_DURATION, PackParams, make_plan
 from ssondo_cache.workspace import Workspace
@@ -122,7 +122,7 @@ def pack(
         raise ValueError("workers must be >= 1")
     params = PackParams(sample_rate, fmt, shard_size, min_duration, max_duration, reject_silent)
     ws = Workspace(work)
-    with pack_heap.heap_kept(), _pool(workers) as pool:  # heap_kept: see pack_heap.py
+    with _pool(workers) as pool:
         plan = make_plan(
             inputs,
             params,
@@ -205,7 +205,5 @@ def _pool(workers: int) -> Iterator[Any]:
         yield None
         return
     # libsoxr resamples on one thread in every process: workers need no torch (seconds per spawn)
-    with lifecycle.child_context("spawn").Pool(
-        workers, initializer=pack_heap.init_worker
-    ) as pool:  # die with us
+    with lifecycle.child_context("spawn").Pool(workers) as pool:  # die with us
         yield pool

@@ -142,38 +142,6 @@ def test_a_tar_member_is_written_in_three_writes_with_tarfiles_bytes() -> None:
     assert out.writes <= 3 * 2 * len(members) + 1  # header + data + padding per member, one end record
 
 
-def test_pack_keeps_freed_heap_while_it_runs_and_gives_the_default_back(
-    small_corpus: Path, tmp_path: Path, monkeypatch
-) -> None:
-    """glibc trimmed the ~10 MB each clip frees, so every clip faulted its buffers in again (~2-3 CPU ms in a profile
-    of a 10-s clip): pack sets M_TOP_PAD for its run (and for its workers' lives), then glibc's default;
-    a user's MALLOC_TOP_PAD_ is left alone. Counted through a stand-in for mallopt."""
-    import platform
-
-    from ssondo_cache import pack_heap
-
-    calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(
-        pack_heap, "_mallopt", lambda: lambda param, value: (calls.append((param, value)), 1)[1]
-    )
-    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
-    assert pack([small_corpus], tmp_path / "w", shard_size=4, progress=False).complete
-    assert calls == [
-        (pack_heap.M_TOP_PAD, pack_heap.TOP_PAD),
-        (pack_heap.M_TOP_PAD, pack_heap.DEFAULT_TOP_PAD),
-    ]
-    calls.clear()
-    pack_heap.init_worker()
-    assert calls == [(pack_heap.M_TOP_PAD, pack_heap.TOP_PAD)]
-    calls.clear()
-    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
-    assert pack([small_corpus], tmp_path / "w2", shard_size=4, progress=False).complete
-    assert calls == []
-    monkeypatch.undo()
-    if platform.libc_ver()[0] == "glibc":  # the real call is accepted
-        assert pack_heap.set_top_pad(pack_heap.DEFAULT_TOP_PAD)
-
-
 def test_hashing_a_file_reads_into_a_reused_buffer(tmp_path: Path, monkeypatch) -> None:
     """The plan hashes every input: sha256_file used to allocate a fresh 1-MiB bytes object per read
     (~0.5 CPU ms of page faults per 1.4-MB file); it now reads into one buffer. Same digest."""
