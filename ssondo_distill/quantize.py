@@ -60,6 +60,7 @@ from .export_check import ExportError, quiet_export
 CALIBRATION_CLIPS = 64  # default number of calibration clips
 FX_BACKEND = "x86"
 WEIGHT_RANGE = (-64, 63)  # 7-bit symmetric weights (see the module doc)
+BIAS_CORRECTION = True  # convolutions' per-channel output means corrected (module doc)
 
 
 def held_out(n: int) -> int:
@@ -324,18 +325,26 @@ def convert_module(prepared: Any, student: str, qmap: Any = None) -> tuple[nn.Mo
 
 
 def quantize_module(
-    deploy: nn.Module, clips: Tensor, student: str, qmap: Any = None
+    deploy: nn.Module, clips: Tensor, student: str, qmap: Any = None, bias_correction: bool = BIAS_CORRECTION
 ) -> tuple[nn.Module, int, int]:
     """Static int8 of ``deploy`` calibrated on ``clips`` (N, S), as ``qmap`` says (default
-    ``qconfig_mapping(deploy)``: front-end and ``KEEP_FP32`` fp32).
+    ``qconfig_mapping(deploy)``: front-end and ``KEEP_FP32`` fp32), its convolutions bias-corrected
+    on the same clips when ``bias_correction`` (``quantize_bias``).
 
     -> (quantised module, int8 weight layers, of which convolutions)."""
-    return convert_module(calibrate_module(deploy, clips, student, qmap), student)
+    prepared = calibrate_module(deploy, clips, student, qmap)
+    quantized, n, convs = convert_module(prepared, student)
+    if bias_correction:
+        from .quantize_bias import correct_bias
+
+        correct_bias(prepared, quantized, clips, kinds=("conv",))
+    return quantized, n, convs
 
 
 __all__ = [
     "ACTIVATION_OBSERVER",
     "ACTIVATION_OBSERVERS",
+    "BIAS_CORRECTION",
     "CALIBRATION_CLIPS",
     "KEEP_FP32",
     "KEEP_FP32_OPS",

@@ -250,7 +250,7 @@ def test_one_calibration_serves_every_keep_choice(run: Path, work: Path) -> None
     deploy, _ = _deployable(run)
     cs = quantize.calibration_set(work, 4, int(CLIP * SR), SR, check=3)
     assert cs.check.shape[0] == 3 and len(set(cs.keys)) == 7
-    direct, n, convs = quantize.quantize_module(deploy, cs.calibrate, "mn04")
+    direct, n, convs = quantize.quantize_module(deploy, cs.calibrate, "mn04", bias_correction=False)
     everything = quantize.qconfig_mapping(deploy, keep={}, keep_ops=())
     prepared = quantize.calibrate_module(deploy, cs.calibrate, "mn04", everything)
     once, n_once, convs_once = quantize.convert_module(prepared, "mn04", quantize.qconfig_mapping(deploy))
@@ -272,3 +272,73 @@ def test_activation_observer_registry() -> None:
     assert isinstance(quantize.int8_qconfig("histogram").activation(), HistogramObserver)
     with pytest.raises(ValueError, match=r"unknown activation observer 'x'; choose one of histogram, minmax"):
         quantize.int8_qconfig("x")
+
+
+def test_bias_correction_matches_the_fp32_channel_means() -> None:
+    """After correct_bias, each int8 layer's pre-activation output has the fp32 model's per-channel
+    mean on the calibration clips (a plain mean of the float model's output, computed here), and the
+    model's output mean is closer to fp32's than before (ratios with margin, no ISA-exact value)."""
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from ssondo_distill import quantize_bias
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        torch.nn.Conv2d(8, 6, 1),
+    )
+    with torch.no_grad():  # weights and a shift that leave a visible rounding offset at 7 bits
+        for m in net:
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(torch.rand_like(m.weight) * 3)
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.rand(16, 1, 12, 12) * 2 - 0.5  # (N, 1, H, W)
+    qmap = torch.ao.quantization.QConfigMapping().set_global(quantize.int8_qconfig())
+    prepared = prepare_fx(net, qmap, (x[:1],))
+    with torch.inference_mode():
+        prepared(x)
+    q = convert_fx(copy_module(prepared))
+    layers = quantize_bias.int8_layers(q)
+    assert layers == ["0", "3", "4"]  # conv + BN + ReLU fused into "0", in the order they run
+
+    def mean_gap(model: torch.nn.Module) -> float:
+        with torch.inference_mode():
+            want = net(x).double().mean(dim=(0, 2, 3))
+            got = model(x).double().mean(dim=(0, 2, 3))
+        return float((got - want).abs().max())
+
+    before = mean_gap(q)
+    moved = quantize_bias.correct_bias(prepared, q, x, batch=5)
+    assert set(moved) == set(layers) and max(moved.values()) > 0
+    after = mean_gap(q)
+    assert after < 0.25 * before, (before, after)
+
+    # every layer: the int8 pre-activation channel mean (its int8 input, its int8 weights, the float
+    # op) equals the fp32 layer's channel mean on the same clips, to float rounding
+    fused = torch.ao.quantization.fuse_modules(copy_module(net), [["0", "1", "2"]])
+    with torch.inference_mode():
+        h0 = fused[0][0](x)  # (N, 8, H, W) fp32 pre-activation of layer "0"
+        ref = {"0": h0, "3": fused[3](torch.relu(h0))}
+        ref["4"] = fused[4](ref["3"])
+    for name in layers:
+        layer = q.get_submodule(name)
+        seen = []
+        handle = layer.register_forward_pre_hook(lambda _m, a, seen=seen: seen.append(a[0].dequantize()))
+        with torch.inference_mode():
+            q(x)
+        handle.remove()
+        w = layer.weight().dequantize()
+        y = torch.nn.functional.conv2d(seen[0], w, layer.bias(), layer.stride, layer.padding, 1, layer.groups)
+        want = ref[name].double().mean(dim=(0, 2, 3))
+        torch.testing.assert_close(y.double().mean(dim=(0, 2, 3)), want, atol=1e-4, rtol=0)
+
+
+def copy_module(m: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(m)
