@@ -117,6 +117,37 @@ def _mean_output(
     return total / count
 
 
+def _fp32_means(
+    prepared: nn.Module, layers: dict[str, nn.Module], clips: Tensor, batch: int
+) -> dict[str, Tensor]:
+    """Channel means of every float layer's pre-activation output over ``clips``, in ONE pass of the
+    fp32 model (it does not change while the int8 model is corrected)."""
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook_for(name: str, f: nn.Module) -> Callable[[nn.Module, tuple], None]:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            y = _float_op(f, args[0].detach())
+            n = y.numel() // y.shape[1 if y.dim() == 4 else -1]
+            sums[name] = sums[name] + channel_mean(y) * n if name in sums else channel_mean(y) * n
+            counts[name] = counts.get(name, 0) + n
+
+        return hook
+
+    handles = [f.register_forward_pre_hook(hook_for(name, f)) for name, f in layers.items()]
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(clips), batch):
+                prepared(clips[i : i + batch])
+    finally:
+        for h in handles:
+            h.remove()
+    missing = sorted(set(layers) - set(sums))
+    if missing:
+        raise RuntimeError(f"layers never ran on the calibration clips: {', '.join(missing)}")
+    return {name: sums[name] / counts[name] for name in layers}
+
+
 def correct_bias(
     prepared: nn.Module,
     quantized: nn.Module,
@@ -127,24 +158,19 @@ def correct_bias(
     """Bias correction of ``quantized`` (FX-converted from ``prepared``) in place, on ``clips`` (N, S),
     of its layers of ``kinds`` ("conv", "linear").
 
-    -> layer name -> the largest |correction| / the layer's output std in fp32 (how much it moved)."""
+    -> layer name -> the largest |correction| added to its bias (how much it moved)."""
+    names = [n for n in int8_layers(quantized) if _kind(quantized.get_submodule(n)) in kinds]
+    floats = {n: _float_pre_activation(prepared.get_submodule(n)) for n in names}
+    refs = _fp32_means(prepared, floats, clips, batch)
     moved: dict[str, float] = {}
-    for name in int8_layers(quantized):
+    for name in names:  # in execution order: each int8 mean is taken with the earlier layers corrected
         q = quantized.get_submodule(name)
-        if _kind(q) not in kinds:
-            continue
-        f = _float_pre_activation(prepared.get_submodule(name))
-        ref = _mean_output(prepared, f, clips, batch, lambda x, f=f: _float_op(f, x))
         bias = q.bias()
         zero = torch.zeros(q.weight().shape[0]) if bias is None else bias.detach()
-        got = _int8_pre_activation_mean(quantized, q, clips, batch, zero)
-        delta = (ref - got).float()
+        got = _mean_output(
+            quantized, q, clips, batch, lambda x, q=q, zero=zero: _int8_pre_activation(q, x, zero)
+        )
+        delta = (refs[name] - got).float()
         q.set_weight_bias(q.weight(), zero + delta)
         moved[name] = float(delta.abs().max())
     return moved
-
-
-def _int8_pre_activation_mean(
-    quantized: nn.Module, q: nn.Module, clips: Tensor, batch: int, bias: Tensor
-) -> Tensor:
-    return _mean_output(quantized, q, clips, batch, lambda x: _int8_pre_activation(q, x, bias))
