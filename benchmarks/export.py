@@ -173,7 +173,7 @@ def sensitivity(
     cs = quantize.calibration_set(work, calibrate, int(clip_seconds * sr), sr, check)
     with torch.inference_mode():
         ref = torch.cat([deploy(c[None]) for c in cs.check]).double()  # (m, D)
-    keep = quantize.fp32_modules(deploy)
+    keep = quantize.fx_fp32_modules(deploy)
     layers = [n for n, m in deploy.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     print(
         f"int8 sensitivity of {name} ({what}), calibrated on {len(cs.calibrate)} clips of {work}, "
@@ -200,7 +200,7 @@ def sensitivity(
             row(f"  but {role} int8", {r: v for r, v in keep.items() if r != role})
         for op in quantize.KEEP_FP32_OPS:
             row(f"  but {op} int8", keep, tuple(o for o in quantize.KEEP_FP32_OPS if o != op))
-        for role in quantize.OTHER_ROLES:
+        for role in (r for r in quantize.OTHER_ROLES if r not in keep):
             row(f"  and {role} fp32", keep | quantize.fp32_modules(deploy, [role]))
         row("  and the mean pooling fp32", keep, (*quantize.KEEP_FP32_OPS, "mean"))
     obs = observers[0]

@@ -30,6 +30,16 @@ more layer fp32 buys little and about as much whichever layer it is (``--greedy`
 block 6's squeeze-excitation fc2, raises the min 0.975 -> 0.982, the next best 0.982): the error
 left is spread over the network, not in one layer.
 
+Speed (TorchScript only, ``FX_EXTRA_ROLES``): the squeeze-excitation gates stay fp32 too. At batch 1
+on one thread their int8 form is slower than fp32: the channel scaling ``x * gate`` is a broadcast
+``quantized::mul`` (0.20-0.28 ms each on mn04's 16 x 78 maps, about 10 % of the int8 forward, where
+dequantize, fp32 multiply and quantize take 0.04 ms), and the pool and two tiny Linear layers each pay
+a quantised op's overhead. fp32 gates measured no worse: the demo's trained mn04, 64 calibrating and
+64 held-out 10-s clips, min / mean cosine to fp32 0.970 / 0.9964 -> 0.976 / 0.9969 (projection) and
+0.977 / 0.9959 -> 0.979 / 0.9963 (embedding). ONNX keeps its own choice (``quantize_onnx``). The
+converted model's front-end is ``banded_mel.BandedLogMel``: the same log-mel, the mel projection
+without its multiplications by zero. ``benchmarks/export_profile.py`` shows where the time goes.
+
 TorchScript: torch.ao's FX flow (``prepare_fx`` / ``convert_fx``, the x86 mapping's fixed ranges
 for sigmoid-like ops). The front-end stays fp32 (not traced, not quantised): an int8 mel would change
 every input the student sees. PT2E is not used: in torch 2.14 it lives in ``torchao``, not a
@@ -52,9 +62,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssondo_cache.logmel import LogMel
 from ssondo_cache.shards import iter_shard
 from ssondo_cache.workspace import Workspace
 
+from .banded_mel import BandedLogMel
 from .export_check import ExportError, quiet_export
 
 CALIBRATION_CLIPS = 64  # default number of calibration clips
@@ -187,11 +199,26 @@ def _pooled(deploy: nn.Module) -> list[str]:
     return [f"backbone.{leaves[-1][0]}"]
 
 
+def _gates(deploy: nn.Module) -> list[str]:
+    """The squeeze-excitation gates (pool, two Linear, sigmoid and the channel scaling)."""
+    from .students.mobilenetv3 import SqueezeExcitation
+
+    return [n for n, m in deploy.named_modules() if isinstance(m, SqueezeExcitation)]
+
+
 # role -> the Deployable's modules that play it (qualified names); kept fp32 in both formats
 KEEP_FP32: dict[str, Callable[[nn.Module], list[str]]] = {"output": _output}
 KEEP_FP32_OPS: tuple[str, ...] = ()  # tensor methods kept fp32 (none: measured, module doc)
-# roles a caller may add to keep (``fp32_modules(deploy, roles)``): measured not worth it (module doc)
-OTHER_ROLES: dict[str, Callable[[nn.Module], list[str]]] = {"stem": _stem, "pooled": _pooled}
+# roles a caller may add to keep (``fp32_modules(deploy, roles)``): stem and pooled measured not worth
+# it (module doc); gates: kept in TorchScript for speed (FX_EXTRA_ROLES)
+OTHER_ROLES: dict[str, Callable[[nn.Module], list[str]]] = {
+    "stem": _stem,
+    "pooled": _pooled,
+    "gates": _gates,
+}
+# roles of OTHER_ROLES kept fp32 in the TorchScript (FX) export too: there the int8 gates cost more
+# than fp32 ones (a broadcast quantized::mul of 0.2-0.3 ms per early block; module doc)
+FX_EXTRA_ROLES: tuple[str, ...] = ("gates",)
 
 
 def fp32_modules(deploy: nn.Module, roles: Sequence[str] | None = None) -> dict[str, list[str]]:
@@ -199,6 +226,11 @@ def fp32_modules(deploy: nn.Module, roles: Sequence[str] | None = None) -> dict[
     names of ``KEEP_FP32`` / ``OTHER_ROLES``; default every role of ``KEEP_FP32``)."""
     found = KEEP_FP32 | OTHER_ROLES
     return {role: found[role](deploy) for role in (KEEP_FP32 if roles is None else roles)}
+
+
+def fx_fp32_modules(deploy: nn.Module) -> dict[str, list[str]]:
+    """What the TorchScript (FX) int8 export leaves fp32: ``KEEP_FP32`` and ``FX_EXTRA_ROLES``."""
+    return fp32_modules(deploy) | fp32_modules(deploy, FX_EXTRA_ROLES)
 
 
 # ------------------------------------------------------------------------------- TorchScript (FX)
@@ -266,11 +298,11 @@ def qconfig_mapping(
     observer: str = ACTIVATION_OBSERVER,
 ) -> Any:
     """The FX mapping of an int8 export: everything int8 (``int8_qconfig(observer)``) but the
-    front-end, the modules of ``keep`` (role -> qualified names; default ``fp32_modules(deploy)``)
+    front-end, the modules of ``keep`` (role -> qualified names; default ``fx_fp32_modules(deploy)``)
     and the ops ``keep_ops`` (default ``KEEP_FP32_OPS``)."""
     from torch.ao.quantization import get_default_qconfig_mapping
 
-    keep = fp32_modules(deploy) if keep is None else keep
+    keep = fx_fp32_modules(deploy) if keep is None else keep
     qmap = (
         get_default_qconfig_mapping(FX_BACKEND)
         .set_global(int8_qconfig(observer))
@@ -321,6 +353,8 @@ def convert_module(prepared: Any, student: str, qmap: Any = None) -> tuple[nn.Mo
     n, convs = _weighted_int8(quantized)
     if n == 0:
         raise ExportError(f"int8: no layer of student {student!r} was quantised; export it in fp32")
+    if isinstance(getattr(quantized, "frontend", None), LogMel):  # same log-mel, less work (banded_mel)
+        quantized.frontend = BandedLogMel(quantized.frontend)
     return quantized.eval(), n, convs
 
 
@@ -350,11 +384,13 @@ __all__ = [
     "KEEP_FP32_OPS",
     "OTHER_ROLES",
     "WEIGHT_RANGE",
+    "FX_EXTRA_ROLES",
     "CalibrationSet",
     "calibrate_module",
     "calibration_set",
     "convert_module",
     "fp32_modules",
+    "fx_fp32_modules",
     "held_out",
     "int8_qconfig",
     "qconfig_mapping",

@@ -19,10 +19,12 @@ from pipeline.cli import main
 from ssondo_cache.pack import pack
 from ssondo_cache.shards import iter_shard
 from ssondo_distill import export_onnx, quantize
+from ssondo_distill.banded_mel import BandedLogMel
 from ssondo_distill.checkpoint import load_student
 from ssondo_distill.export import Deployable, ExportError, export_student
 from ssondo_distill.export_check import ExportVerificationError
 from ssondo_distill.export_onnx import RealStftLogMel
+from ssondo_distill.students.mobilenetv3 import SqueezeExcitation
 from tests.distill.test_export import CLIP, _cosines, _make_run, _run_exported
 
 torch.set_num_threads(1)
@@ -109,7 +111,10 @@ def test_static_int8_quantises_the_convolutions(run: Path, work: Path, fmt: str)
     v = res.verification
     stem = int(fmt == "onnx")  # ONNX keeps the stem fp32 (quantize_onnx.ONNX_EXTRA_ROLES)
     assert v["int8_quantized_convs"] == n_conv - stem > 40  # every other convolution of mn04 is int8
-    assert v["int8_quantized_ops"] == n_conv - stem + n_linear - 1  # and every Linear but the head's last
+    # ONNX: every Linear but the head's last; TorchScript: the head's first only (FX_EXTRA_ROLES: the
+    # squeeze-excitation gates, 2 Linear each, stay fp32)
+    gates = 2 * sum(isinstance(m, SqueezeExcitation) for m in model.student.modules())
+    assert v["int8_quantized_ops"] == n_conv - stem + n_linear - 1 - (gates if fmt == "torchscript" else 0)
     assert v["calibration"]["clips"] == 8 and v["calibration"]["work"] == str(work.resolve())
     assert "held-out packed clips" in v["audio"] and v["min_cosine"] >= 0.99
 
@@ -123,6 +128,10 @@ def test_static_int8_quantises_the_convolutions(run: Path, work: Path, fmt: str)
     assert _cosines(got, ref).min() > 0.98  # loose: int8 numerics depend on the CPU's ISA
     assert np.abs(got - ref).max() > 1e-5 * np.abs(ref).max()  # really int8, not the fp32 graph
     assert "int8" in res.summary()
+    if fmt == "torchscript":  # the gates' channel scaling is an fp32 mul, the mel the banded one
+        graph = str(torch.jit.load(str(res.path)).inlined_graph)
+        assert "quantized::mul" not in graph and "aten::sigmoid" in graph
+        assert graph.count("aten::matmul") == len(BandedLogMel(model.frontend.mel).spans) > 1
 
     again = export_student(
         run, fmt, int8=True, what="projection", clip_seconds=CLIP, repeats=1, calibrate=8, min_cosine=0.99
@@ -180,6 +189,8 @@ def test_sensitive_layers_stay_fp32(run: Path, work: Path, tmp_path: Path) -> No
     deploy, _ = _deployable(run)
     kept = quantize.fp32_modules(deploy)
     assert kept == {"output": ["head.3"]} and quantize.KEEP_FP32_OPS == ()
+    gates = [f"backbone.features.{i}.block.2.conc_se_layers.0" for i in (4, 5, 6, 11, 12, 13, 14, 15)]
+    assert quantize.fx_fp32_modules(deploy) == kept | {"gates": gates}  # TorchScript only
     assert quantize.fp32_modules(deploy, ["stem", "pooled"]) == {
         "stem": ["backbone.features.0.0"],
         "pooled": ["backbone.features.16.2"],  # the Hardswish before the pooling
@@ -202,10 +213,13 @@ def test_sensitive_layers_stay_fp32(run: Path, work: Path, tmp_path: Path) -> No
         return ".quantized" in type(m).__module__
 
     assert not any(int8(m) for m in q.get_submodule("head.3").modules())
+    for gate in gates:
+        assert not any(int8(m) for m in q.get_submodule(gate).modules())
+    assert isinstance(q.frontend, BandedLogMel)
     assert int8(q.get_submodule("backbone.features.0.0"))  # the stem reads an int8 log-mel
     convs_int8 = [k for k, m in q.named_modules() if int8(m) and "Conv" in type(m).__name__]
     assert len(convs_int8) == convs == sum(isinstance(m, torch.nn.Conv2d) for m in deploy.modules())
-    assert n - convs == 16 + 1  # int8 Linear layers: the 8 SE gates' two, and head.0
+    assert n - convs == 1  # int8 Linear layers: head.0 (the 8 SE gates' two stay fp32)
 
     import onnx
 
@@ -255,7 +269,7 @@ def test_one_calibration_serves_every_keep_choice(run: Path, work: Path) -> None
     prepared = quantize.calibrate_module(deploy, cs.calibrate, "mn04", everything)
     once, n_once, convs_once = quantize.convert_module(prepared, "mn04", quantize.qconfig_mapping(deploy))
     assert (n_once, convs_once) == (n, convs)
-    assert quantize.convert_module(prepared, "mn04")[1] == n + 1  # its own mapping: head.3 int8 too
+    assert quantize.convert_module(prepared, "mn04")[1] == n + 1 + 16  # its own: head.3 and gates int8
 
     def int8_names(q: torch.nn.Module) -> set[str]:
         return {k for k, m in q.named_modules() if ".quantized" in type(m).__module__}
