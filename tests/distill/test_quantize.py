@@ -129,7 +129,9 @@ def test_static_int8_quantises_the_convolutions(run: Path, work: Path, fmt: str)
     assert np.abs(got - ref).max() > 1e-5 * np.abs(ref).max()  # really int8, not the fp32 graph
     assert "int8" in res.summary()
     if fmt == "torchscript":  # the gates' channel scaling is an fp32 mul, the mel the banded one
-        graph = str(torch.jit.load(str(res.path)).inlined_graph)
+        loaded = torch.jit.load(str(res.path))
+        assert list(loaded.children()) == []  # frozen: weights and submodules inlined (export._trace)
+        graph = str(loaded.inlined_graph)
         assert "quantized::mul" not in graph and "aten::sigmoid" in graph
         assert graph.count("aten::matmul") == len(BandedLogMel(model.frontend.mel).spans) > 1
 
