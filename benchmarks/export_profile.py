@@ -3,13 +3,14 @@ int8 model at batch 1 (one clip), each op's self CPU time summed into segments (
 convolutions, quantize / dequantize, Linear layers, pooling, hardswish, elementwise, the rest).
 
 The int8 model is ``quantize.quantize_module``'s, as ``ssondo export --int8`` traces it; bias
-correction is left out (it changes biases, not the graph). ``--gates-int8`` and ``--dense-mel``
-put back what the export used to do (squeeze-excitation gates in int8, the dense mel projection),
+correction is left out (it changes biases, not the graph). ``--gates-int8``, ``--dense-mel`` and
+``--no-freeze`` put back what the export used to do (squeeze-excitation gates in int8, the dense mel
+projection, an unfrozen trace),
 so that each lever's share shows in the same process. Profiled times include the profiler's own
 overhead and the machine's load: read the shares, time with ``benchmarks/export.py``.
 
     .venv/bin/python benchmarks/export_profile.py --run RUN --what projection
-    .venv/bin/python benchmarks/export_profile.py --student mn10 --work WORK --gates-int8 --dense-mel
+    .venv/bin/python benchmarks/export_profile.py --student mn10 --work WORK --gates-int8 --dense-mel --no-freeze
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def profile(
     repeats: int,
     gates_int8: bool,
     dense_mel: bool,
+    freeze: bool,
 ) -> None:
     model, meta = load_student(ckpt)
     deploy = Deployable(model, what, model.frontend.mel).eval()
@@ -76,6 +78,7 @@ def profile(
     x = cs.check[:1]  # (1, S)
     with torch.inference_mode():
         traced = torch.jit.trace(q, x, check_trace=False)
+        traced = torch.jit.freeze(traced.eval()) if freeze else traced  # as export._trace does
         for _ in range(3):
             traced(x)
         with torch.profiler.profile() as prof:
@@ -87,7 +90,7 @@ def profile(
     total = sum(per.values())
     print(
         f"{meta['student']['name']} {what} int8 TorchScript ({n} int8 layers, {convs} convolutions; gates "
-        f"{'int8' if gates_int8 else 'fp32'}, {'dense' if dense_mel else 'banded'} mel), batch 1, "
+        f"{'int8' if gates_int8 else 'fp32'}, {'dense' if dense_mel else 'banded'} mel, {'frozen' if freeze else 'not frozen'}), batch 1, "
         f"{clip_seconds:g}-s clip, {torch.get_num_threads()} thread(s): {total:.2f} ms per forward "
         f"(profiled self CPU, mean of {repeats})"
     )
@@ -109,6 +112,9 @@ def main() -> None:
         "--gates-int8", action="store_true", help="squeeze-excitation gates int8 (the old export)"
     )
     ap.add_argument("--dense-mel", action="store_true", help="the dense mel projection (the old export)")
+    ap.add_argument(
+        "--no-freeze", action="store_true", help="trace without torch.jit.freeze (the old export)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or (quantize.run_workspace(args.run / "student.pt") if args.run else None)
@@ -130,6 +136,7 @@ def main() -> None:
             args.repeats,
             args.gates_int8,
             args.dense_mel,
+            not args.no_freeze,
         )
 
 
