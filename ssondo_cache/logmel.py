@@ -112,27 +112,30 @@ class LogMel(nn.Module):
         self.register_buffer("banks", banks, persistent=False)  # (n_mels, n_fft // 2 + 1)
 
     def log_mel(self, audio: Tensor) -> Tensor:  # (B, S) -> (B, n_mels, frames), before normalising
+        with torch.autocast(audio.device.type, enabled=False):  # the spectrum stays fp32 under bf16 autocast
+            return torch.log(self.project(self.power_spectrum(audio)) + self.cfg.log_offset)
+
+    def power_spectrum(self, audio: Tensor) -> Tensor:  # (B, S) -> (B, n_fft // 2 + 1, frames)
         c = self.cfg
         x = audio.float()
         if c.preemphasis:
             x = x[:, 1:] - c.preemphasis * x[:, :-1]
-        with torch.autocast(x.device.type, enabled=False):  # the spectrum stays fp32 under bf16 autocast
-            spec = torch.stft(
-                x,
-                c.n_fft,
-                hop_length=c.hop_length,
-                win_length=c.win_length,
-                window=self.window,
-                center=c.center,
-                pad_mode="reflect",
-                return_complex=True,
-            )  # (B, n_fft//2+1, frames)
-            if c.power == 2:  # |X|^2 exactly, without a square root
-                power = spec.real.square() + spec.imag.square()
-            else:
-                power = spec.abs() if c.power == 1 else spec.abs().pow(c.power)
-            mel = torch.matmul(self.banks, power)  # (B, n_mels, frames)
-            return torch.log(mel + c.log_offset)
+        spec = torch.stft(
+            x,
+            c.n_fft,
+            hop_length=c.hop_length,
+            win_length=c.win_length,
+            window=self.window,
+            center=c.center,
+            pad_mode="reflect",
+            return_complex=True,
+        )  # (B, n_fft//2+1, frames)
+        if c.power == 2:  # |X|^2 exactly, without a square root
+            return spec.real.square() + spec.imag.square()
+        return spec.abs() if c.power == 1 else spec.abs().pow(c.power)
+
+    def project(self, power: Tensor) -> Tensor:  # (B, n_bins, frames) -> (B, n_mels, frames)
+        return torch.matmul(self.banks, power)
 
     def normalize(self, log_mel: Tensor) -> Tensor:
         return (log_mel - self.cfg.norm_mean) / self.cfg.norm_std

@@ -7,8 +7,9 @@ thread (10-s clip). ``BandedLogMel`` cuts the filters into groups of ``GROUP`` c
 multiplies each group by the slice of bins it covers (13 % of the dense work for that front-end).
 The skipped terms are exact zeros, so the result is the dense one up to float summation order.
 
-Everything else (pre-emphasis, STFT, power, log, normalisation) is ``LogMel.log_mel``'s, step by
-step; ``tests/distill/test_banded_mel.py`` holds the two equal for every front-end kind.
+Only the projection is ``BandedLogMel``'s: the pre-emphasis, STFT, power, log and normalisation are
+the wrapped ``LogMel``'s own methods; ``tests/distill/test_banded_mel.py`` holds the two equal for
+every front-end kind.
 """
 
 from __future__ import annotations
@@ -31,15 +32,14 @@ def bands(banks: Tensor, group: int = GROUP) -> list[tuple[int, int]]:
     return out
 
 
-class BandedLogMel(nn.Module):
+class BandedLogMel(LogMel):
     """audio (B, S) -> (B, 1, n_mels, frames), the same as ``mel`` (a ``LogMel``), faster."""
 
     def __init__(self, mel: LogMel, group: int = GROUP) -> None:
-        super().__init__()
         if not isinstance(mel, LogMel):
             raise TypeError(f"BandedLogMel wraps a LogMel, got {type(mel).__name__}")
-        self.cfg = mel.cfg
-        self.register_buffer("window", mel.window.clone(), persistent=False)
+        super().__init__(mel.cfg, mel.window.clone(), mel.banks.clone())
+        self.window_name, self.banks_name = mel.window_name, mel.banks_name
         self.spans = bands(mel.banks, group)
         self.parts = nn.ParameterList(  # (group, end - first) slices of the banks, frozen
             [
@@ -48,30 +48,10 @@ class BandedLogMel(nn.Module):
             ]
         )
 
-    def forward(self, audio: Tensor) -> Tensor:
-        c = self.cfg
-        x = audio.float()
-        if c.preemphasis:
-            x = x[:, 1:] - c.preemphasis * x[:, :-1]
-        spec = torch.stft(
-            x,
-            c.n_fft,
-            hop_length=c.hop_length,
-            win_length=c.win_length,
-            window=self.window,
-            center=c.center,
-            pad_mode="reflect",
-            return_complex=True,
-        )  # (B, n_fft//2+1, frames)
-        if c.power == 2:
-            power = spec.real.square() + spec.imag.square()
-        else:
-            power = spec.abs() if c.power == 1 else spec.abs().pow(c.power)
-        mel = torch.cat(
+    def project(self, power: Tensor) -> Tensor:  # (B, n_bins, frames) -> (B, n_mels, frames)
+        return torch.cat(
             [torch.matmul(w, power[:, a:b]) for w, (a, b) in zip(self.parts, self.spans, strict=True)], 1
         )
-        log_mel = torch.log(mel + c.log_offset)  # (B, n_mels, frames)
-        return ((log_mel - c.norm_mean) / c.norm_std).unsqueeze(1)
 
 
 __all__ = ["GROUP", "BandedLogMel", "bands"]
