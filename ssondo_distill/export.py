@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ssondo_cache.atomic import atomic_path, write_json
 from ssondo_cache.provenance import code_version, now_iso, sha256_file
 
-from . import export_check, export_onnx, quantize, ssondo_ckpt
+from . import export_check, export_onnx, quantize, quantize_qat, ssondo_ckpt
 from .checkpoint import AudioStudent, load_student, source_record
 from .export_check import ExportError, ExportVerificationError, quiet_export
 from .ssondo_ckpt_export import export_ssondo_ckpt
@@ -127,6 +127,7 @@ def export_student(
     calibrate: int = quantize.CALIBRATION_CLIPS,
     calibrate_from: str | Path | None = None,
     min_cosine: float | None = None,
+    int8_finetune: int = quantize_qat.FINETUNE_STEPS,
 ) -> ExportResult:
     """Export the student of a RUN folder (or a ``student.pt``) as ``fmt`` and verify it.
 
@@ -136,7 +137,8 @@ def export_student(
     is complete for the same checkpoint and options is a no-op (``reused=True``).
     int8: calibrated on ``calibrate`` clips of the workspace ``calibrate_from`` (default: the one the
     RUN trained on), checked on held-out ones: per-clip cosine to fp32 >= ``min_cosine`` (default
-    ``export_check.INT8_MIN_COSINE``).
+    ``export_check.INT8_MIN_COSINE``). int8_finetune: TorchScript int8 only, steps of quantisation-aware
+    fine-tuning on the calibration clips before conversion (``quantize_qat``; 0: static int8).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -145,6 +147,11 @@ def export_student(
     if clip_seconds <= 0 or repeats < 1:
         raise ValueError(f"need clip_seconds > 0 and repeats >= 1, got {clip_seconds}, {repeats}")
 
+    if int8_finetune < 0 or (int8_finetune and not (int8 and fmt == "torchscript")):
+        raise ValueError(
+            f"--int8-finetune takes steps >= 0 and applies to --format torchscript --int8 only, got "
+            f"{int8_finetune} with {fmt}{' --int8' if int8 else ''}"
+        )
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out = Path(out) if out is not None else default_out(ckpt, fmt, int8, what)
     json_path = out.with_name(out.name + ".json")
@@ -153,6 +160,7 @@ def export_student(
     if int8:
         work = quantize.resolve_workspace(ckpt, calibrate_from)
         options |= {"calibrate": calibrate, "calibrate_from": str(work.resolve())}
+        options |= {"int8_finetune": int8_finetune} if fmt == "torchscript" else {}
     if (done := _finished(out, json_path, ckpt_sha, options)) is not None:
         return done
     if fmt in CHECKPOINT_FORMATS:
@@ -170,9 +178,11 @@ def export_student(
     mel = model.frontend.mel
     deploy = Deployable(model, what, export_onnx.RealStftLogMel(mel) if fmt == "onnx" else mel).eval()
     calib = quantize.calibration_set(work, calibrate, n, sr) if int8 else None
-    n_int8 = (0, 0)  # (int8 weight layers, of which convolutions)
+    n_int8, tuned = (0, 0), None  # (int8 weight layers, of which convolutions), fine-tune log
     if calib is not None and fmt == "torchscript":
-        deploy, *n_int8 = quantize.quantize_module(deploy, calib.calibrate, meta["student"]["name"])
+        deploy, *n_int8, tuned = quantize_qat.quantize_module_qat(
+            deploy, calib.calibrate, meta["student"]["name"], int8_finetune
+        )
     gen = torch.Generator().manual_seed(0)
     example = 0.1 * torch.randn(1, n, generator=gen)  # traced / timed: batch 1, one clip
     other = 0.1 * torch.randn(2, n * 3 // 4, generator=gen)  # verified too: other batch, other length
@@ -204,6 +214,8 @@ def export_student(
             verification["int8_quantized_ops"], verification["int8_quantized_convs"] = n_int8
             if calib is not None:
                 verification["calibration"] = calib.describe()
+            if tuned is not None:
+                verification["int8_finetune"] = tuned.describe()
             latency = export_check.cpu_latency(model, what, run, example, repeats, clip_seconds)
         size = out.stat().st_size
 

@@ -9,6 +9,7 @@ import click
 from ssondo_distill.export import FORMATS, WHATS, export_student
 from ssondo_distill.export_check import INT8_MIN_COSINE
 from ssondo_distill.quantize import CALIBRATION_CLIPS
+from ssondo_distill.quantize_qat import FINETUNE_STEPS
 
 
 @click.command(context_settings={"show_default": True})
@@ -45,6 +46,13 @@ from ssondo_distill.quantize import CALIBRATION_CLIPS
     type=click.FloatRange(min=-1, max=1),
     default=INT8_MIN_COSINE,
     help="--int8: least per-clip cosine to fp32 on the held-out clips.",
+)
+@click.option(
+    "--int8-finetune",
+    type=click.IntRange(min=0),
+    default=FINETUNE_STEPS,
+    help="--int8 --format torchscript: steps of quantisation-aware fine-tuning toward the fp32 output on the "
+    "calibration clips before conversion (0: static int8).",
 )
 @click.option(
     "--out",
@@ -85,6 +93,7 @@ def export(
     calibrate: int,
     calibrate_from: Path | None,
     min_cosine: float,
+    int8_finetune: int,
 ) -> None:
     """Export the student of RUN (a training RUN folder, or a student.pt) for deployment: raw 32 kHz
     audio in, embedding out, front-end included.
@@ -105,6 +114,7 @@ def export(
             calibrate=calibrate,
             calibrate_from=calibrate_from,
             min_cosine=min_cosine,
+            int8_finetune=int8_finetune,
         )
     except (ValueError, OSError, RuntimeError) as err:  # bad input, no checkpoint, export or check failed
         raise click.ClickException(str(err)) from err
