@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssondo_cache.compiling import compile_module
 from ssondo_distill.augment import SpecAugment, mixup
 from ssondo_distill.config import TrainConfig
 from ssondo_distill.frontend import StudentFrontEnd
@@ -67,7 +68,7 @@ def build_parts(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
-        model = torch.compile(model)
+        model = compile_module(model)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     torch.manual_seed(cfg.seed * 1000 + rank + 1)  # dropout / masks differ between ranks, fixed by seed
     return Parts(

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssondo_cache.compiling import compile_module
+
 
 class Teacher(nn.Module):
     """Base class of all teachers.
@@ -52,7 +54,7 @@ def compile_teacher(teacher: Teacher) -> Callable[[torch.Tensor], torch.Tensor]:
             f"teacher {teacher.spec or teacher.name!r} does not run in PyTorch (cpu_only): "
             "--compile cannot apply"
         )
-    return torch.compile(teacher, dynamic=False)
+    return compile_module(teacher, dynamic=False)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

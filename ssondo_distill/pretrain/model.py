@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ssondo_cache.compiling import compile_in_place
 from ssondo_cache.teachers.matpac import FB_KEY, WINDOW_KEY, MatpacTeacher, to_official_key
 from ssondo_cache.teachers.vit import ViTEncoder
 from ssondo_cache.teachers.vit_teacher import check_state_dict
@@ -183,7 +184,7 @@ class MatpacModel(nn.Module):
         them; state_dict keys unchanged, the step-dependent schedules stay in Python)."""
         for blocks in (self.online.encoder.blocks, self.target.blocks, self.predictor.blocks):
             for blk in blocks:
-                blk.compile()
+                compile_in_place(blk)
 
     # ------------------------------------------------------------------ the encoder it makes
 

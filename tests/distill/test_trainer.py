@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from ssondo_cache.compiling import compile_module
 from ssondo_cache.typed_config import ConfigError, to_dict
 from ssondo_distill import trainer as trainer_module
 from ssondo_distill.checkpoint import CheckpointMismatch, load_student
@@ -160,7 +161,7 @@ def one_step_eager_compiled_fp64(out: str) -> None:
         return {"pred": pred.detach(), "grads": {n: p.grad for n, p in params.named_parameters()}}
 
     runs = {"eager": step(student, student, torch.float32)}
-    runs["compiled"] = step(torch.compile(student), student, torch.float32)
+    runs["compiled"] = step(compile_module(student), student, torch.float32)  # the product's path
     runs["fp64"] = step(double, double, torch.float64)
     layers = [m for m in student.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
     positions = []  # per layer, B x F' x T' of its output: its BN-statistics / weight-gradient sums
