@@ -60,9 +60,13 @@ def test_kill_9_then_resume_is_bit_identical(corpus: Path, reference, tmp_path: 
 def test_two_ranks_in_parallel_are_bit_identical(corpus: Path, reference, tmp_path: Path):
     work = _copy(corpus, tmp_path)
     procs = [_spawn(work, TINY, rank=r, world_size=2) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err.decode()[-2000:]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err.decode()[-2000:]
+    finally:
+        for p in procs:
+            p.kill()  # neither rank outlives the test (no-op once exited)
     store = open_cache(work, "ts1-hop1")
     assert store.is_complete() and store.attrs["finished"]
     _assert_identical(_arrays(store.path), reference)

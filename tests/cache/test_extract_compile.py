@@ -78,7 +78,10 @@ def test_compiled_teacher_on_the_cpu_gives_the_eager_embeddings(corpus: Path, tm
     In a child process: after torch.compile, processes forked by later tests could not run autograd."""
     work = _copy(corpus, tmp_path)
     proc = _spawn(work, TINY, compile=True)
-    _, err = proc.communicate(timeout=600)
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()  # a compile that hangs past the timeout must not outlive the test (no-op once exited)
     assert proc.returncode == 0, err.decode()[-3000:]
     got = _arrays(open_cache(work, "ts1-hop1").path)
     assert got["done"].all()
