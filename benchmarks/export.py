@@ -52,7 +52,7 @@ from ssondo_cache.audio import resample
 from ssondo_cache.teachers import build_teacher
 from ssondo_distill import quantize
 from ssondo_distill.checkpoint import load_student, save_student
-from ssondo_distill.export import FORMATS, WHATS, Deployable, export_student
+from ssondo_distill.export import FORMATS, WHATS, export_student, int8_inputs
 from ssondo_distill.export_check import load_torchscript
 from ssondo_distill.frontend import LogMelConfig, StudentFrontEnd
 from ssondo_distill.students import build_student
@@ -166,11 +166,7 @@ def sensitivity(
 ) -> None:
     """Per-clip cosine to fp32 on held-out clips: each activation observer, every fp32 choice of
     KEEP_FP32, then a greedy search for the next layer to keep fp32 (the one that raises the min most)."""
-    model, meta = load_student(run / "student.pt")
-    name = meta["student"]["name"]
-    deploy = Deployable(model, what, model.frontend.mel).eval()
-    sr = model.sample_rate
-    cs = quantize.calibration_set(work, calibrate, int(clip_seconds * sr), sr, check)
+    deploy, name, cs = int8_inputs(run / "student.pt", what, work, calibrate, clip_seconds, check)
     with torch.inference_mode():
         ref = torch.cat([deploy(c[None]) for c in cs.check]).double()  # (m, D)
     keep = quantize.fx_fp32_modules(deploy)

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from ssondo_distill import quantize
-from ssondo_distill.checkpoint import load_student
-from ssondo_distill.export import WHATS, Deployable
+from ssondo_distill.export import WHATS, int8_inputs
 
 # profiler op name -> segment (first matching rule wins; else "other")
 SEGMENTS = (
@@ -65,14 +64,9 @@ def profile(
     dense_mel: bool,
     freeze: bool,
 ) -> None:
-    model, meta = load_student(ckpt)
-    deploy = Deployable(model, what, model.frontend.mel).eval()
-    sr = model.sample_rate
-    cs = quantize.calibration_set(work, calibrate, int(clip_seconds * sr), sr, check=1)
+    deploy, name, cs = int8_inputs(ckpt, what, work, calibrate, clip_seconds, check=1)
     qmap = quantize.qconfig_mapping(deploy, quantize.fp32_modules(deploy)) if gates_int8 else None
-    q, n, convs = quantize.quantize_module(
-        deploy, cs.calibrate, meta["student"]["name"], qmap, bias_correction=False
-    )
+    q, n, convs = quantize.quantize_module(deploy, cs.calibrate, name, qmap, bias_correction=False)
     if dense_mel:
         q.frontend = deploy.frontend
     x = cs.check[:1]  # (1, S)
@@ -89,7 +83,7 @@ def profile(
         per[segment(e.key)] = per.get(segment(e.key), 0.0) + e.self_cpu_time_total / repeats / 1e3
     total = sum(per.values())
     print(
-        f"{meta['student']['name']} {what} int8 TorchScript ({n} int8 layers, {convs} convolutions; gates "
+        f"{name} {what} int8 TorchScript ({n} int8 layers, {convs} convolutions; gates "
         f"{'int8' if gates_int8 else 'fp32'}, {'dense' if dense_mel else 'banded'} mel, {'frozen' if freeze else 'not frozen'}), batch 1, "
         f"{clip_seconds:g}-s clip, {torch.get_num_threads()} thread(s): {total:.2f} ms per forward "
         f"(profiled self CPU, mean of {repeats})"

@@ -25,8 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ssondo_distill import quantize
-from ssondo_distill.checkpoint import load_student
-from ssondo_distill.export import WHATS, Deployable
+from ssondo_distill.export import WHATS, int8_inputs
 from ssondo_distill.quantize_bias import correct_bias
 
 
@@ -97,11 +96,7 @@ def main() -> None:
 
     ckpt = args.run / "student.pt"
     work = quantize.resolve_workspace(ckpt, args.work)
-    model, meta = load_student(ckpt)
-    name = meta["student"]["name"]
-    deploy = Deployable(model, args.what, model.frontend.mel).eval()
-    sr = model.sample_rate
-    cs = quantize.calibration_set(work, args.calibrate, int(args.clip_seconds * sr), sr, args.check)
+    deploy, name, cs = int8_inputs(ckpt, args.what, work, args.calibrate, args.clip_seconds, args.check)
     prepared = quantize.calibrate_module(deploy, cs.calibrate, name)  # fp32 forward, observers only
     int8, _, _ = quantize.convert_module(prepared, name)
     if not args.no_bias_correction:

@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from ssondo_distill import quantize, quantize_qat
-from ssondo_distill.checkpoint import load_student
-from ssondo_distill.export import WHATS, Deployable
+from ssondo_distill.export import WHATS, int8_inputs
 from ssondo_distill.quantize_bias import correct_bias
 
 
@@ -51,11 +50,8 @@ def main() -> None:
 
     ckpt = args.run / "student.pt"
     work = quantize.resolve_workspace(ckpt, args.work)
-    model, meta = load_student(ckpt)
-    name = meta["student"]["name"]
-    deploy = Deployable(model, args.what, model.frontend.mel).eval()
-    sr = model.sample_rate
-    cs = quantize.calibration_set(work, args.calibrate, int(args.clip_seconds * sr), sr)
+    deploy, name, cs = int8_inputs(ckpt, args.what, work, args.calibrate, args.clip_seconds)
+    sr = deploy.frontend.cfg.sample_rate
     with torch.inference_mode():
         ref = torch.cat([deploy(c[None]) for c in cs.check]).double()
     print(

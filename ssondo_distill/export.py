@@ -96,6 +96,18 @@ class Deployable(nn.Module):
         return z if self.head is None else self.head(z)
 
 
+def int8_inputs(
+    checkpoint: Path, what: str, work: Path, calibrate: int, clip_seconds: float, check: int | None = None
+) -> tuple[Deployable, str, quantize.CalibrationSet]:
+    """What a TorchScript int8 export of ``checkpoint`` starts from (for the int8 benchmarks): its fp32
+    ``Deployable``, the student's name, and ``calibrate`` (+ ``check``, default ``quantize.held_out``)
+    packed clips of ``clip_seconds`` from ``work``."""
+    model, meta = load_student(checkpoint)
+    sr = model.sample_rate
+    cs = quantize.calibration_set(work, calibrate, int(clip_seconds * sr), sr, check)
+    return Deployable(model, what, model.frontend.mel).eval(), meta["student"]["name"], cs
+
+
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """RUN folder -> RUN/student.pt; a file is taken as the checkpoint itself."""
     p = Path(run_or_checkpoint)
@@ -316,5 +328,6 @@ __all__ = [
     "ExportVerificationError",
     "default_out",
     "export_student",
+    "int8_inputs",
     "resolve_checkpoint",
 ]
